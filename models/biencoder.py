@@ -1,0 +1,109 @@
+"""The bi-encoder: query/candidate towers, similarity heads (H→proj) and a pair classifier.
+
+Which modules are shared between the two sides is decided by the arm (`models.arms`); this module only
+wires whatever it is given, so sharing is a property of object identity, visible in `parts()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ablation.config import ModelConfig
+from models.arms import ARMS
+from models.backbone import freeze, hidden_size, load_encoder
+from models.pooling import Tower
+
+Batch = dict[str, torch.Tensor]  # input_ids, attention_mask
+
+
+@dataclass
+class TripletOutput:
+    """Pooled and projected vectors of query, positive and negative, and the classifier's logits."""
+
+    query_pool: torch.Tensor
+    query_proj: torch.Tensor
+    pos_pool: torch.Tensor
+    pos_proj: torch.Tensor
+    neg_pool: torch.Tensor
+    neg_proj: torch.Tensor
+    pos_logits: torch.Tensor
+    neg_logits: torch.Tensor
+
+
+class PairClassifier(nn.Module):
+    """2-way classifier over ``[u, v, |u−v|]`` of the projected and of the pooled vectors."""
+
+    def __init__(self, hidden: int, proj_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * proj_dim + 3 * hidden, 2)
+
+    def forward(self, u_proj: torch.Tensor, u_pool: torch.Tensor, v_proj: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+        feats = [u_proj, v_proj, (u_proj - v_proj).abs(), u_pool, v_pool, (u_pool - v_pool).abs()]
+        return self.linear(torch.cat([f.float() for f in feats], dim=-1))
+
+
+class BiEncoder(nn.Module):
+    """Query side and candidate side, each text → pooled (H) → projected (proj_dim)."""
+
+    def __init__(self, query_tower: nn.Module, cand_tower: nn.Module, query_head: nn.Module, cand_head: nn.Module, classifier: PairClassifier, arm: str) -> None:
+        super().__init__()
+        self.arm = arm
+        self.query_tower = query_tower
+        self.cand_tower = cand_tower  # may be the same object as query_tower
+        self.query_head = query_head
+        self.cand_head = cand_head
+        self.classifier = classifier
+
+    def encode_query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.query_tower(batch["input_ids"], batch["attention_mask"])
+        return pooled, self.query_head(pooled)
+
+    def encode_candidate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.cand_tower(batch["input_ids"], batch["attention_mask"])
+        return pooled, self.cand_head(pooled)
+
+    def forward(self, query: Batch, pos: Batch, neg: Batch) -> TripletOutput:
+        """Encode a triplet batch. The call order (query, positive, negative) is fixed for every arm so that
+        the same seed draws the same dropout masks whatever the sharing."""
+        q_pool, q_proj = self.encode_query(query)
+        p_pool, p_proj = self.encode_candidate(pos)
+        n_pool, n_proj = self.encode_candidate(neg)
+        return TripletOutput(
+            q_pool, q_proj, p_pool, p_proj, n_pool, n_proj,
+            self.classifier(q_proj, q_pool, p_proj, p_pool),
+            self.classifier(q_proj, q_pool, n_proj, n_pool),
+        )
+
+    @property
+    def two_encoders(self) -> bool:
+        return self.query_tower is not self.cand_tower
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Named parts, each distinct module once: `encoder`/`head` when shared, else per side."""
+        out: dict[str, nn.Module] = {}
+        for kind, q, c in (("encoder", self.query_tower, self.cand_tower), ("head", self.query_head, self.cand_head)):
+            if q is c:
+                out[kind] = q
+            else:
+                out[f"query_{kind}"], out[f"candidate_{kind}"] = q, c
+        out["classifier"] = self.classifier
+        return out
+
+    def side_modules(self, side: str) -> tuple[nn.Module, nn.Module]:
+        """(tower, head) of the `query` or `candidate` side."""
+        return (self.query_tower, self.query_head) if side == "query" else (self.cand_tower, self.cand_head)
+
+
+def build_biencoder(cfg: ModelConfig, vocab_size: int) -> BiEncoder:
+    """Build the arm named by `cfg.sharing`. Uses the torch RNG (tiny encoder init, head init): seed first."""
+    encoder = load_encoder(cfg, vocab_size)
+    freeze(encoder, cfg.freeze_embeddings, cfg.freeze_layers)
+    tower = Tower(encoder, cfg.pooling)
+    h = hidden_size(encoder)
+    head = nn.Linear(h, cfg.proj_dim)
+    classifier = PairClassifier(h, cfg.proj_dim)
+    q_tower, c_tower, q_head, c_head = ARMS[cfg.sharing](tower, head)
+    return BiEncoder(q_tower, c_tower, q_head, c_head, classifier, cfg.sharing)

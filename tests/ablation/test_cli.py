@@ -1,0 +1,47 @@
+"""The CLI: JSON output, readable tables, and exit code 2 with one error line for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablation.cli import main
+
+
+def test_data_stats_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data-stats", "--corpus", str(corpus), "--split", "test", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pairs"] == 24 and out["dropped_points"] == 2
+    assert [t["task"] for t in out["tasks"]] == ["sdoc", "sdc", "sdoa", "sda", "stc", "sta", "epc", "epa"]
+    assert main(["data-stats", "--corpus", str(corpus), "--split", "test"]) == 0
+    assert "sdoc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data-stats", "--corpus", "/no/such/corpus"], "no such file or directory"),
+        (["data-stats", "--split", "dev"], "no such split"),
+        (["evaluate", "--split", "test"], "only --zero-shot"),
+        (["train", "--config", "/no/such.yaml"], "no such file"),
+    ],
+)
+def test_bad_input_exit_2_one_line(corpus: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if "--corpus" not in args:
+        args = [*args, "--corpus", str(corpus)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_python_dash_m_and_console_script(corpus: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ablation", "data-stats", "--corpus", str(corpus / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: corpus:")
+    script = Path(sys.executable).parent / "ablation"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "data-stats" in proc.stdout

@@ -1,0 +1,62 @@
+"""The 8 candidate pools, checked against their definitions one query at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ablation.config import TASKS
+from ablation.corpus import read_split
+from ablation.tasks import TaskMasks, task_stats
+
+
+def _expected_pool(split, i: int, task: str) -> set[int]:
+    """The pool of query i written out by the definitions (slow, per query: the reference)."""
+    q = split.queries
+    n = split.n
+    me = q.iloc[i]
+    same_debate = lambda j: q.iloc[j]["theme"] == me["theme"] and q.iloc[j]["debate"] == me["debate"]  # noqa: E731
+    same_theme = lambda j: q.iloc[j]["theme"] == me["theme"]  # noqa: E731
+    same_stance = lambda j: q.iloc[j]["stance"] == me["stance"]  # noqa: E731
+    scope = {"sd": same_debate, "st": same_theme, "ep": lambda j: True}[task[:2]]
+    pool: set[int] = set()
+    for j in range(n):
+        if not scope(j):
+            continue
+        if task == "sdoc" or task == "sdoa":
+            if same_stance(j):
+                pool.add(j)
+            if task == "sdoa" and not same_stance(j):
+                pool.add(n + j)
+        else:
+            pool.add(j)
+            if task.endswith("a") and j != i:
+                pool.add(n + j)
+    return pool
+
+
+def test_masks_match_definitions(corpus: Path) -> None:
+    split = read_split(corpus, "test")
+    masks = TaskMasks(split)
+    for task in TASKS:
+        m = masks.mask(task)
+        assert m.shape == (split.n, 2 * split.n)
+        for i in range(split.n):
+            assert set(np.flatnonzero(m[i])) == _expected_pool(split, i, task), (task, i)
+        assert m[np.arange(split.n), np.arange(split.n)].all()  # true counter always in the pool
+        assert not m[np.arange(split.n), split.n + np.arange(split.n)].any()  # never the query itself
+
+
+def test_stats_counts(corpus: Path) -> None:
+    split = read_split(corpus, "test")
+    stats = task_stats(split).set_index("task")
+    # 2 themes × 2 debates × (pro, con) × 3 pairs: a debate has 6 counters, 3 per stance.
+    assert stats.loc["sdoc", "mean_candidates"] == 3
+    assert stats.loc["sdc", "mean_candidates"] == 6
+    assert stats.loc["sdoa", "mean_candidates"] == 6
+    assert stats.loc["sda", "mean_candidates"] == 11
+    assert stats.loc["stc", "mean_candidates"] == 12
+    assert stats.loc["epa", "mean_candidates"] == 2 * split.n - 1
+    assert (stats["true_pairs"] == split.n).all()
+    assert stats.loc["epc", "false_pairs"] == split.n * (split.n - 1)
