@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(args.config, overrides)
     result = train_and_track(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri)
-    print(json.dumps({"run_id": result.run_id, "test": {k: v for k, v in result.test_metrics.items() if "acc@1" in k}}, indent=2))
+    print(json.dumps({"run_id": result.run_id, "test": {k: v for k, v in result.test_metrics.items() if "acc_at_1" in k}}, indent=2))
     return 0
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata=_range(1))
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = field(default=3e-6, metadata=_range(0.0))
+    head_lr: float | None = field(default=None, metadata=_range(0.0))  # heads + classifier; None: lr
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     warmup_steps: int = field(default=0, metadata=_range(0))
     grad_clip: float | None = field(default=None, metadata=_range(0.0))
@@ -122,7 +123,7 @@ class StudyConfig:
     n_trials: int = field(default=4, metadata=_range(0))
     seeds: tuple[int, ...] = (1, 2, 3)
     tuning_seed: int = 0
-    objective: str = "val/rerank/acc@1/mean"
+    objective: str = "val/rerank/acc_at_1/mean"
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: int = field(default=1, metadata=_range(0))
@@ -212,6 +213,11 @@ def _convert(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"config: {key}: expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config: {key}: expected a number, got {value!r}")
         value = float(value)

@@ -77,9 +77,9 @@ def _rerank(top: np.ndarray, probs: np.ndarray, retrieval_ranks: np.ndarray) -> 
 
 
 def _metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    out = {"acc@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean())}
+    out = {"acc_at_1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean())}
     for k in ks:
-        out[f"recall@{k}"] = float((ranks <= k).mean())
+        out[f"recall_at_{k}"] = float((ranks <= k).mean())
     return out
 
 

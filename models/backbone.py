@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import nn
+from transformers.utils import logging as hf_logging
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from ablation.config import ModelConfig
@@ -49,14 +51,25 @@ def load_encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
         )
         return BertModel(config, add_pooling_layer=add_pooler)
     where = resolve_model(cfg.name)
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists unused pooler weights; we check what matters
+    hf_logging.disable_progress_bar()
     try:
         try:
-            return AutoModel.from_pretrained(where, add_pooling_layer=add_pooler)
+            model, info = AutoModel.from_pretrained(where, add_pooling_layer=add_pooler, output_loading_info=True)
         except TypeError:  # architectures without a pooler switch
-            return AutoModel.from_pretrained(where)
+            model, info = AutoModel.from_pretrained(where, output_loading_info=True)
     except (OSError, ValueError) as exc:
         hint = "" if Path(where).exists() else " (no such path; hub ids need HF_HUB_OFFLINE=0 and network)"
         raise UserError(f"model: cannot load {cfg.name!r}: {str(exc).splitlines()[0]}{hint}") from None
+    finally:
+        hf_logging.set_verbosity(previous)
+        hf_logging.enable_progress_bar()
+    missing = info.get("missing_keys") or []
+    if missing:
+        warnings.warn(f"{cfg.name}: {len(missing)} weights not in the checkpoint were initialised randomly "
+                      f"(e.g. {sorted(missing)[:3]})", stacklevel=2)
+    return model
 
 
 def hidden_size(encoder: nn.Module) -> int:

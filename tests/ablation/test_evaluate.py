@@ -26,8 +26,8 @@ def test_metrics_match_a_per_query_reference(corpus: Path) -> None:
     masks = TaskMasks(split)
     for task in TASKS:
         ranks = np.array([_reference_rank(scores, masks.mask(task), i) for i in range(split.n)])
-        assert result.metrics[f"retrieval/acc@1/{task}"] == pytest.approx((ranks == 1).mean())
-        assert result.metrics[f"retrieval/recall@3/{task}"] == pytest.approx((ranks <= 3).mean())
+        assert result.metrics[f"retrieval/acc_at_1/{task}"] == pytest.approx((ranks == 1).mean())
+        assert result.metrics[f"retrieval/recall_at_3/{task}"] == pytest.approx((ranks <= 3).mean())
         assert result.metrics[f"retrieval/mrr/{task}"] == pytest.approx((1 / ranks).mean())
     # accuracy is over queries: every query appears once per task
     assert len(result.per_query) == split.n * len(TASKS)
@@ -38,9 +38,9 @@ def test_perfect_and_constant_scores(corpus: Path) -> None:
     n = split.n
     perfect = np.zeros((n, 2 * n), dtype=np.float32)
     perfect[np.arange(n), np.arange(n)] = 1.0
-    assert evaluate_scores(split, perfect).metrics["retrieval/acc@1/epa"] == 1.0
+    assert evaluate_scores(split, perfect).metrics["retrieval/acc_at_1/epa"] == 1.0
     flat = evaluate_scores(split, np.zeros((n, 2 * n), dtype=np.float32))
-    assert flat.metrics["retrieval/acc@1/sdoc"] == 0.0  # ties count against the true candidate
+    assert flat.metrics["retrieval/acc_at_1/sdoc"] == 0.0  # ties count against the true candidate
     assert flat.metrics["retrieval/mrr/epa"] == pytest.approx(1 / (2 * n - 1))
 
 
@@ -63,7 +63,7 @@ def test_rerank_with_an_oracle_and_a_reversed_scorer(corpus: Path) -> None:
     # the oracle lifts every true candidate within the top k to rank 1, and leaves the rest
     assert ((rerank == 1) == (retrieval <= k)).all()
     assert (rerank[retrieval > k] == retrieval[retrieval > k]).all()
-    assert res.metrics["rerank/acc@1/sdoc"] == pytest.approx(res.metrics["retrieval/recall@5/sdoc"])
+    assert res.metrics["rerank/acc_at_1/sdoc"] == pytest.approx(res.metrics["retrieval/recall_at_5/sdoc"])
 
 
 def test_score_matrix_metrics() -> None:

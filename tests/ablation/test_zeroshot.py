@@ -20,7 +20,7 @@ def test_cli_zero_shot_writes_per_query_csv(corpus: Path, tmp_path: Path, capsys
                  "--max-length", "32", "--format", "json", "--per-query-csv", str(csv)])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert set(metrics) >= {"retrieval/acc@1/sdoc", "retrieval/recall@10/epa", "retrieval/mrr/mean"}
+    assert set(metrics) >= {"retrieval/acc_at_1/sdoc", "retrieval/recall_at_10/epa", "retrieval/mrr/mean"}
     rows = pd.read_csv(csv)
     assert list(rows.columns) == ["query_id", "task", "mode", "rank", "top1_id"]
     assert len(rows) == 24 * 8 and rows["rank"].min() >= 1
@@ -32,5 +32,5 @@ def test_minilm_beats_chance_on_real_theme(real_corpus: Path) -> None:
     split = read_split(real_corpus, "test", themes=["sport", "religion"])
     res = zero_shot(split, ModelConfig(name="all-MiniLM-L6-v2", max_length=64), EvalConfig(), "cpu")
     chance_sdc = 1 / 7.7  # mean pool size of sdc on the test split is ~7.7
-    assert res.metrics["retrieval/acc@1/sdc"] > 2 * chance_sdc
-    assert res.metrics["retrieval/acc@1/sdoc"] >= res.metrics["retrieval/acc@1/sda"]
+    assert res.metrics["retrieval/acc_at_1/sdc"] > 2 * chance_sdc
+    assert res.metrics["retrieval/acc_at_1/sdoc"] >= res.metrics["retrieval/acc_at_1/sda"]

@@ -1,0 +1,69 @@
+"""The data of one run: the three splits (subset as configured), tokenised once, and the tokenizer.
+
+Loading happens before any MLflow run is created, so a bad corpus or model fails without leaving a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from ablation.config import ExperimentConfig
+from ablation.corpus import Split, read_split, resolve_corpus
+from ablation.encode import Tokens, tokenize
+from models.backbone import load_tokenizer
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """A split with token ids of its queries (points) and its candidates (counters, then points)."""
+
+    split: Split
+    query_tokens: Tokens
+    cand_tokens: Tokens
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a run reads: tokenizer, training/validation/test splits, corpus location and digest."""
+
+    tokenizer: PreTrainedTokenizerBase
+    train: TokenizedSplit
+    val: TokenizedSplit
+    test: TokenizedSplit
+    corpus: str
+    digest: str
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+
+def _head(split: Split, limit: int | None) -> Split:
+    """The first `limit` pairs (splits are sorted by theme and debate, so whole debates are kept first)."""
+    if limit is None or limit >= split.n:
+        return split
+    return Split(split.name, split.queries.iloc[:limit].reset_index(drop=True),
+                 split.counters.iloc[:limit].reset_index(drop=True), split.dropped_points,
+                 split.dropped_counters, split.digest)
+
+
+def _tokenized(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedSplit:
+    q = tokenize(tokenizer, list(split.queries["text"]), max_length)
+    c = tokenize(tokenizer, list(split.counters["text"]), max_length)
+    return TokenizedSplit(split, q, c + q)
+
+
+def load_run_data(cfg: ExperimentConfig, corpus: str | None = None) -> RunData:
+    """Read and tokenise the configured splits (raises UserError on a bad corpus or model)."""
+    path = resolve_corpus(corpus, cfg.data.corpus)
+    kw = {"themes": cfg.data.themes, "max_debates_per_theme": cfg.data.max_debates_per_theme}
+    train = _head(read_split(path, "training", **kw), cfg.train.max_train_queries)
+    val = _head(read_split(path, "validation", **kw), cfg.eval.max_val_queries)
+    test = read_split(path, "test", **kw)
+    tokenizer = load_tokenizer(cfg.model)
+    L = cfg.model.max_length
+    digest = "-".join(s.digest[:12] for s in (train, val, test))
+    return RunData(tokenizer, _tokenized(train, tokenizer, L), _tokenized(val, tokenizer, L),
+                   _tokenized(test, tokenizer, L), str(path), digest)

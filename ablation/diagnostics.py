@@ -1,0 +1,96 @@
+"""What explains a difference between arms: parameter counts, weight checksums, gradient norms per part,
+the cosine between the gradients the two sides send into the encoder, and the drift between encoders."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+from models.biencoder import BiEncoder, TripletOutput
+
+
+def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            out.append(p)
+    return out
+
+
+def param_counts(model: BiEncoder) -> dict[str, int]:
+    """total (shared modules counted once per side), unique storage, trainable, and per side."""
+    sides = {side: [p for m in model.side_modules(side) for p in m.parameters()] for side in ("query", "candidate")}
+    classifier = list(model.classifier.parameters())
+    everything = _unique(sides["query"] + sides["candidate"] + classifier)
+    counts = {f"params/{side}_side": sum(p.numel() for p in _unique(ps)) for side, ps in sides.items()}
+    counts["params/classifier"] = sum(p.numel() for p in classifier)
+    counts["params/total"] = counts["params/query_side"] + counts["params/candidate_side"] + counts["params/classifier"]
+    counts["params/unique"] = sum(p.numel() for p in everything)
+    counts["params/trainable"] = sum(p.numel() for p in everything if p.requires_grad)
+    return counts
+
+
+def checksums(model: BiEncoder) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of each part's weights, in parameter-name order."""
+    out = {}
+    for name, module in model.parts().items():
+        h = hashlib.sha256()
+        for pname, p in sorted(module.state_dict().items()):
+            h.update(pname.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        out[f"checksum.{name}"] = h.hexdigest()[:16]
+    return out
+
+
+def grad_norms(model: BiEncoder) -> dict[str, float]:
+    """L2 norm of the current gradients, in total and per part (call before clipping)."""
+
+    def norm(params: object) -> float:
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        return math.sqrt(float(sum(g.pow(2).sum() for g in grads))) if grads else 0.0
+
+    out = {f"grad_norm/{name}": norm(module.parameters()) for name, module in model.parts().items()}
+    out["grad_norm/total"] = norm(model.parameters())  # each tensor once, even where parts share one
+    return out
+
+
+def side_gradient_cosine(model: BiEncoder, out: TripletOutput, loss: torch.Tensor) -> float:
+    """Cosine between the gradients that the query side and the candidate side send into encoder weights.
+
+    For a shared encoder these are the two contributions to one gradient (a backward per side); for two
+    encoders, the gradients of matching parameters. NaN when a side has nothing trainable. Keeps the graph.
+    """
+    q_named = {n: p for n, p in model.query_tower.named_parameters() if p.requires_grad}
+    c_named = {n: p for n, p in model.cand_tower.named_parameters() if p.requires_grad}
+    names = sorted(set(q_named) & set(c_named))
+    if not names:
+        return float("nan")
+    q_out, c_out = [out.query_pool], [out.pos_pool, out.neg_pool]
+    d = torch.autograd.grad(loss, q_out + c_out, retain_graph=True)
+    gq = torch.autograd.grad(q_out, [q_named[n] for n in names], grad_outputs=d[:1], retain_graph=True, allow_unused=True)
+    gc = torch.autograd.grad(c_out, [c_named[n] for n in names], grad_outputs=d[1:], retain_graph=True, allow_unused=True)
+    dot = qq = cc = 0.0
+    for a, b in zip(gq, gc):
+        if a is None or b is None:
+            continue
+        a, b = a.float(), b.float()
+        dot += float((a * b).sum())
+        qq += float((a * a).sum())
+        cc += float((b * b).sum())
+    return dot / math.sqrt(qq * cc) if qq > 0 and cc > 0 else float("nan")
+
+
+@torch.no_grad()
+def encoder_distance(model: BiEncoder) -> float:
+    """L2 distance between the two encoders' weights (0 for a shared encoder)."""
+    if not model.two_encoders:
+        return 0.0
+    q = dict(model.query_tower.named_parameters(remove_duplicate=False))
+    c = dict(model.cand_tower.named_parameters(remove_duplicate=False))
+    sq = sum(float((q[n].float() - c[n].float()).pow(2).sum()) for n in q if n in c)
+    return math.sqrt(sq)

@@ -1,0 +1,62 @@
+"""Evaluating a trained bi-encoder: encode both sides, retrieve by negative L2 distance of the projected
+vectors, rerank the top-K by the pair classifier's positive-class probability."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ablation.config import EvalConfig
+from ablation.data import TokenizedSplit
+from ablation.encode import encode
+from ablation.evaluate import EvalResult, PairScorer, evaluate_scores, score_matrix
+from ablation.runtime import autocast
+from models.biencoder import BiEncoder
+
+
+def encode_sides(model: BiEncoder, data: TokenizedSplit, pad_id: int, batch_size: int, device: torch.device,
+                 precision: str = "fp32") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(query side, candidate side) pooled and projected vectors; the model is left in the mode it had."""
+    was_training = model.training
+    model.eval()
+
+    def side(fn):  # type: ignore[no-untyped-def]
+        def run(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            with autocast(device, precision):
+                pooled, proj = fn(batch)
+            return {"pool": pooled, "proj": proj}
+        return run
+
+    try:
+        q = encode(side(model.encode_query), data.query_tokens, pad_id, batch_size, device, f"encode {data.split.name} queries")
+        c = encode(side(model.encode_candidate), data.cand_tokens, pad_id, batch_size, device, f"encode {data.split.name} candidates")
+    finally:
+        model.train(was_training)
+    return q, c
+
+
+def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device, chunk: int = 65536) -> PairScorer:
+    """A scorer that runs the pair classifier on many (query, candidate) index pairs at once."""
+    tq = {k: torch.as_tensor(v, device=device) for k, v in q.items()}
+    tc = {k: torch.as_tensor(v, device=device) for k, v in c.items()}
+
+    @torch.no_grad()
+    def score(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(qi), chunk):
+            a = torch.as_tensor(qi[s : s + chunk], device=device)
+            b = torch.as_tensor(ci[s : s + chunk], device=device)
+            logits = model.classifier(tq["proj"][a], tq["pool"][a], tc["proj"][b], tc["pool"][b])
+            out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    return score
+
+
+def evaluate_model(model: BiEncoder, data: TokenizedSplit, pad_id: int, cfg: EvalConfig, device: torch.device,
+                   tasks: tuple[str, ...], precision: str = "fp32") -> EvalResult:
+    """Retrieval and reranked metrics of `model` on every task in `tasks`."""
+    q, c = encode_sides(model, data, pad_id, cfg.batch_size, device, precision)
+    scores = score_matrix(q["proj"], c["proj"], "l2")
+    scorer = pair_scorer(model, q, c, device)
+    return evaluate_scores(data.split, scores, tasks, cfg.ks, scorer=scorer, rerank_k=cfg.rerank_k)

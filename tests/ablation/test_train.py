@@ -1,0 +1,94 @@
+"""The trainer's determinism: identical seeds give identical starts, batches, negatives and first losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablation.config import ExperimentConfig, load_config, replace_path
+from ablation.data import RunData, load_run_data
+from ablation.recorder import MemoryRecorder
+from ablation.train import NonFiniteLoss, Trainer
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
+
+
+def smoke_config(**overrides: object) -> ExperimentConfig:
+    """The smoke experiment on the whole fixture corpus, with `key=value` overrides."""
+    base = ["data.themes=[]", "data.max_debates_per_theme=null", "train.epochs=2"]
+    return load_config(SMOKE, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture()
+def data(corpus: Path) -> RunData:
+    return load_run_data(smoke_config(), str(corpus))
+
+
+def _fit(cfg: ExperimentConfig, data: RunData) -> tuple[Trainer, MemoryRecorder]:
+    rec = MemoryRecorder()
+    trainer = Trainer(cfg, data, rec)
+    trainer.fit()
+    return trainer, rec
+
+
+def test_arms_under_one_seed_share_start_batches_negatives_and_first_loss(data: RunData) -> None:
+    cfg = smoke_config()
+    shared, rec_s = _fit(replace_path(cfg, "model.sharing", "shared"), data)
+    unshared, rec_u = _fit(replace_path(cfg, "model.sharing", "unshared"), data)
+    assert rec_s.tags["checksum.encoder"] == rec_u.tags["checksum.query_encoder"] == rec_u.tags["checksum.candidate_encoder"]
+    assert rec_s.tags["checksum.head"] == rec_u.tags["checksum.query_head"] == rec_u.tags["checksum.candidate_head"]
+    assert rec_s.tags["checksum.classifier"] == rec_u.tags["checksum.classifier"]
+    for a, b in zip(shared.epoch_batches, unshared.epoch_batches, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert np.array_equal(shared.epoch_negatives[0], unshared.epoch_negatives[0])
+    assert shared.result.losses[0] == pytest.approx(unshared.result.losses[0], rel=1e-6)
+    assert shared.result.losses[1:] != unshared.result.losses[1:]  # then the arms diverge
+
+
+def test_same_seed_twice_gives_the_same_curve_and_another_seed_does_not(data: RunData) -> None:
+    cfg = smoke_config(**{"model.sharing": "unshared"})
+    a, _ = _fit(cfg, data)
+    b, _ = _fit(cfg, data)
+    assert a.result.losses == b.result.losses
+    assert a.result.test_metrics == b.result.test_metrics
+    c, _ = _fit(replace_path(cfg, "seed", 7), data)
+    assert c.result.losses != a.result.losses
+
+
+def test_reuse_of_training_embeddings_changes_only_the_refresh(data: RunData) -> None:
+    cfg = smoke_config(**{"negatives.reuse_train_embeddings": "true", "negatives.random_rate": 0.0})
+    trainer, rec = _fit(cfg, data)
+    assert len(trainer.epoch_negatives) == 2
+    assert [v for _, v in rec.history("neg/fraction_random")] == [0.0, 0.0]
+    assert rec.history("time/negative_refresh_s")[1][1] < rec.history("time/negative_refresh_s")[0][1]
+
+
+def test_per_step_and_per_epoch_records(data: RunData) -> None:
+    trainer, rec = _fit(smoke_config(**{"model.sharing": "unshared", "train.grad_cosine_every": 1}), data)
+    steps = len(trainer.result.losses)
+    for key in ("loss/total", "loss/triplet", "loss/ce_pos", "loss/ce_neg", "lr", "grad_norm/total",
+                "grad_norm/query_encoder", "grad_norm/candidate_encoder", "grad_norm/classifier",
+                "grad_cosine/query_vs_candidate", "encoder_distance"):
+        assert len(rec.history(key)) == steps, key
+    distances = [v for _, v in rec.history("encoder_distance")]
+    assert distances[0] == 0.0 and distances[-1] > 0.0  # identical at the start, then the towers drift apart
+    cos = [v for _, v in rec.history("grad_cosine/query_vs_candidate")]
+    assert all(-1.0 <= v <= 1.0 for v in cos)
+    for key in ("val/rerank/acc_at_1/mean", "val/retrieval/mrr/sdoc", "neg/fraction_random", "time/epoch_s"):
+        assert [s for s, _ in rec.history(key)] == [0, 1], key
+    assert "test/rerank/acc_at_1/epa" in trainer.result.test_metrics
+    assert "per_query_test.csv" in rec.texts and "config.yaml" in rec.texts
+
+
+def test_shared_gradient_cosine_uses_one_backward_per_side(data: RunData) -> None:
+    _, rec = _fit(smoke_config(**{"train.grad_cosine_every": 1, "train.epochs": 1}), data)
+    cos = [v for _, v in rec.history("grad_cosine/query_vs_candidate")]
+    assert cos and all(np.isfinite(cos)) and any(abs(v) < 0.999 for v in cos)
+    assert all(v == 0.0 for _, v in rec.history("encoder_distance"))
+
+
+def test_non_finite_loss_stops_the_run(data: RunData) -> None:
+    with pytest.raises(NonFiniteLoss, match="loss became"):
+        _fit(smoke_config(**{"train.lr": 1.0e30, "train.epochs": 2, "train.optimizer": "sgd"}), data)

@@ -1,0 +1,90 @@
+"""The arms: sharing is object identity, both towers of `unshared` train, the frozen side stays frozen."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablation.config import ModelConfig
+from ablation.diagnostics import checksums, param_counts
+from models.arms import ARMS
+from models.biencoder import BiEncoder, build_biencoder
+
+VOCAB = 120
+CFG = ModelConfig(name="tiny-random", max_length=16, proj_dim=8)
+
+
+def _model(arm: str, seed: int = 0) -> BiEncoder:
+    torch.manual_seed(seed)
+    return build_biencoder(CFG.__class__(**{**CFG.__dict__, "sharing": arm}), VOCAB)
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(5, VOCAB, (4, 10), generator=g), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+
+
+def _step(model: BiEncoder) -> None:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    out = model(_batch(1), _batch(2), _batch(3))
+    loss = out.query_proj.pow(2).sum() - out.pos_proj.sum() + out.neg_proj.sum() + out.pos_logits.sum()
+    loss.backward()
+    opt.step()
+
+
+def _storages(module: torch.nn.Module) -> set[int]:
+    return {p.data_ptr() for p in module.parameters()}
+
+
+def test_unshared_towers_share_no_storage_and_both_train() -> None:
+    m = _model("unshared")
+    assert m.query_tower is not m.cand_tower and m.query_head is not m.cand_head
+    assert not _storages(m.query_tower) & _storages(m.cand_tower)
+    assert not _storages(m.query_head) & _storages(m.cand_head)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    _step(m)
+    after = m.state_dict()
+    for side in ("query_tower", "cand_tower", "query_head", "cand_head"):
+        changed = [k for k in after if k.startswith(side) and not torch.equal(before[k], after[k])]
+        assert changed, f"{side} did not change after a step"
+
+
+def test_shared_has_one_encoders_worth_of_unique_parameters() -> None:
+    shared, unshared = _model("shared"), _model("unshared")
+    assert shared.query_tower is shared.cand_tower and shared.query_head is shared.cand_head
+    enc = sum(p.numel() for p in shared.query_tower.parameters())
+    head = sum(p.numel() for p in shared.query_head.parameters())
+    cls = sum(p.numel() for p in shared.classifier.parameters())
+    assert param_counts(shared)["params/unique"] == enc + head + cls
+    assert param_counts(unshared)["params/unique"] == 2 * (enc + head) + cls
+    assert param_counts(shared)["params/total"] == param_counts(unshared)["params/total"]
+
+
+def test_frozen_candidate_side_is_bit_identical_after_a_step() -> None:
+    m = _model("frozen_candidate")
+    cand = {k: v.clone() for k, v in m.cand_tower.state_dict().items()}
+    cand_head = {k: v.clone() for k, v in m.cand_head.state_dict().items()}
+    query = {k: v.clone() for k, v in m.query_tower.state_dict().items()}
+    _step(m)
+    assert all(torch.equal(cand[k], v) for k, v in m.cand_tower.state_dict().items())
+    assert all(torch.equal(cand_head[k], v) for k, v in m.cand_head.state_dict().items())
+    assert any(not torch.equal(query[k], v) for k, v in m.query_tower.state_dict().items())
+    assert param_counts(m)["params/trainable"] < param_counts(m)["params/unique"]
+
+
+def test_partial_sharing_arms() -> None:
+    spl = _model("shared_projection")
+    assert spl.query_head is spl.cand_head and spl.query_tower is not spl.cand_tower
+    ste = _model("shared_embeddings")
+    q_emb = ste.query_tower.encoder.embeddings.word_embeddings
+    assert q_emb is ste.cand_tower.encoder.embeddings.word_embeddings
+    assert ste.query_tower.encoder.encoder is not ste.cand_tower.encoder.encoder
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_every_arm_starts_from_the_same_weights(arm: str) -> None:
+    reference = checksums(_model("shared", seed=3))
+    sums = checksums(_model(arm, seed=3))
+    for part, value in sums.items():
+        kind = part.split(".")[1].split("_")[-1]  # encoder / head / classifier
+        assert value == reference[f"checksum.{kind}"], part
