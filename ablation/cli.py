@@ -79,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
-    from ablation.study import run_study
+    from ablation.runner import run_study
 
     cfg = load_config(args.config, args.set or [])
     if args.workers < 1:

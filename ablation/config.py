@@ -127,6 +127,7 @@ class StudyConfig:
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: int = field(default=1, metadata=_range(0))
+    pruner_startup_trials: int = field(default=2, metadata=_range(0))
     search_space: dict[str, SearchParam] = field(
         default_factory=lambda: {
             "negatives.random_rate": SearchParam(0.0, 1.0),
@@ -156,6 +157,10 @@ class ExperimentConfig:
         for arm in (self.model.sharing, *self.study.arms):
             if arm not in ARMS:
                 raise UserError(f"config: unknown arm {arm!r} (known: {', '.join(sorted(ARMS))})")
+        if not self.study.arms or len(set(self.study.arms)) != len(self.study.arms):
+            raise UserError("config: study.arms must list at least one arm, each once")
+        if not self.study.seeds:
+            raise UserError("config: study.seeds must list at least one seed")
         for task in self.eval.val_tasks:
             if task not in TASKS:
                 raise UserError(f"config: eval.val_tasks: unknown task {task!r} (known: {', '.join(TASKS)})")

@@ -75,8 +75,10 @@ def build_model(cfg: ExperimentConfig, data: RunData, device: torch.device) -> B
 class Trainer:
     """Holds one run's state; `fit()` trains, validates each epoch, and evaluates on test."""
 
-    def __init__(self, cfg: ExperimentConfig, data: RunData, recorder: Recorder, on_epoch: EpochCallback | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, data: RunData, recorder: Recorder, on_epoch: EpochCallback | None = None,
+                 test: bool = True) -> None:
         self.cfg = cfg
+        self.test = test  # tuning trials skip the test split: they are chosen on validation only
         self.data = data
         self.rec = recorder
         self.on_epoch = on_epoch
@@ -187,7 +189,7 @@ class Trainer:
             self.rec.flush()
             if self.on_epoch is not None:
                 self.on_epoch(epoch, val)
-        return self._test()
+        return self._test() if self.test else self.result
 
     def _test(self) -> TrainResult:
         res = evaluate_model(self.model, self.data.test, self.data.pad_id, self.cfg.eval, self.device, TASKS, self.cfg.train.precision)

@@ -1,0 +1,71 @@
+"""Figures of a tuning study: optimisation history and objective vs random rate, from a trials table.
+
+The table has one row per trial with columns `number`, `value`, `state` and one column per tuned
+setting; the study builds it from Optuna, the report from MLflow, and both draw the same figures.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+RATE = "negatives.random_rate"
+DECAY = "negatives.random_rate_decay"
+
+
+def trials_table(study: object) -> pd.DataFrame:
+    """An Optuna study's trials as the table the figures read."""
+    df = study.trials_dataframe(attrs=("number", "value", "state", "params"))  # type: ignore[attr-defined]
+    if df.empty:
+        return pd.DataFrame(columns=["number", "value", "state"])
+    return df.rename(columns=lambda c: c.removeprefix("params_"))
+
+
+def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True) -> Figure:
+    """Objective per trial (complete ones as dots, pruned/failed as crosses at the bottom) and the best so far."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
+    ax.plot(done["number"], done["value"], "o", color=color, label="complete trial")
+    if not done.empty:
+        best = done["value"].cummax() if maximize else done["value"].cummin()
+        ax.step(done["number"], best, where="post", color=color, alpha=0.6, label="best so far")
+    other = trials[trials["state"] != "COMPLETE"]
+    if not other.empty:
+        low = np.nanmin(done["value"]) if not done.empty else 0.0
+        ax.plot(other["number"], [low] * len(other), "x", color="grey", label="pruned / failed")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(objective)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0") -> Figure:
+    """Objective against the initial random rate; marker size grows with the decay."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    done = trials[trials["state"] == "COMPLETE"]
+    if RATE in done:
+        decay = done[DECAY] if DECAY in done else pd.Series(0.0, index=done.index)
+        ax.scatter(done[RATE], done["value"], s=30 + 1500 * decay.astype(float), color=color, alpha=0.7,
+                   edgecolor="black", label="trial (size ∝ decay)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("initial random_rate (share of random negatives)")
+    ax.set_ylabel(objective)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def tuning_figures(trials: pd.DataFrame, objective: str, arm: str, color: str = "C0", maximize: bool = True) -> dict[str, Figure]:
+    """Both tuning figures of one arm, keyed by artifact file name."""
+    return {
+        "optuna_history.png": history_figure(trials, objective, f"{arm}: optimisation history", color, maximize),
+        "objective_vs_random_rate.png": rate_figure(trials, objective, f"{arm}: objective vs random rate", color),
+    }
