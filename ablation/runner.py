@@ -20,7 +20,7 @@ from ablation.corpus import REPO_ROOT
 from ablation.data import load_run_data
 from ablation.study import (StudyContext, _find_or_create, _optuna_study, best_config, check_objective, final_runs,
                             tune_arm, zero_shot_run)
-from ablation.tracking import Tracker, git_commit, resolve_tracking_uri
+from ablation.tracking import Tracker, git_commit, package_versions, resolve_tracking_uri
 from ablation.tuning_plots import tuning_figures, trials_table
 from ablation.workers import locked
 
@@ -61,8 +61,8 @@ def _finish(ctx: StudyContext) -> list[str]:
     client = ctx.tracker.client
     cfg = ctx.cfg
     lines = []
-    client.set_tag(ctx.study_run, "git_commit", git_commit())
-    client.set_tag(ctx.study_run, "corpus_digest", ctx.data.digest)
+    for key, value in {"git_commit": git_commit(), "corpus_digest": ctx.data.digest, **package_versions()}.items():
+        client.set_tag(ctx.study_run, key, value)
     client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
     for i, arm in enumerate(cfg.study.arms):
         study = _optuna_study(ctx, arm)

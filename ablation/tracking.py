@@ -136,3 +136,16 @@ class RunRecorder:
             if reason:
                 self.client.set_tag(self.run_id, "failure", reason[:5000])
             self.client.set_terminated(self.run_id, status)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape results, as `version.<name>` tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "mlflow", "optuna", "scikit-learn", "numpy", "pandas"):
+        try:
+            out[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

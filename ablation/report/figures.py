@@ -1,0 +1,117 @@
+"""The report's figures: convergence, gradients and tuning, one colour per arm everywhere."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ablation.report.reader import StudyRuns  # noqa: E402
+from ablation.tuning_plots import tuning_figures  # noqa: E402
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """The colour of each arm, fixed by its position in the study's arm list."""
+    return {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
+
+
+def _seed_curves(runs: StudyRuns, arm: str, key: str) -> pd.DataFrame:
+    """steps × seeds table of one metric's history."""
+    series = {seed: h.set_index("step")["value"] for (a, seed, k), h in runs.histories.items() if a == arm and k == key}
+    return pd.DataFrame(series).sort_index()
+
+
+def _band(ax: plt.Axes, curves: pd.DataFrame, color: str, label: str, smooth: int = 1) -> None:
+    if curves.empty:
+        return
+    c = curves.rolling(smooth, min_periods=1).mean() if smooth > 1 else curves
+    mean = c.mean(axis=1)
+    ax.plot(c.index, mean, color=color, label=f"{label} (mean of {c.shape[1]} seeds)")
+    if c.shape[1] > 1:
+        ax.fill_between(c.index, c.min(axis=1), c.max(axis=1), color=color, alpha=0.2, linewidth=0)
+
+
+def curve_figure(runs: StudyRuns, arms: list[str], key: str, ylabel: str, title: str, xlabel: str = "training step",
+                 smooth: bool = False, logy: bool = False) -> Figure | None:
+    """One metric's history per arm: mean over seeds, band from min to max."""
+    colors = arm_colors(arms)
+    fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    drawn = False
+    for arm in arms:
+        curves = _seed_curves(runs, arm, key)
+        if curves.empty or curves.isna().all().all():
+            continue
+        window = max(1, len(curves) // 20) if smooth else 1
+        _band(ax, curves, colors[arm], arm, window)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + (" (moving average)" if smooth else ""))
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
+    """Gradient norm of each part (encoders, heads, classifier), one panel per arm."""
+    colors = arm_colors(arms)
+    present = [a for a in arms if any(k[0] == a and k[2].startswith("grad_norm/") for k in runs.histories)]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), constrained_layout=True, squeeze=False)
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+    for ax, arm in zip(axes[0], present):
+        keys = sorted({k[2] for k in runs.histories if k[0] == arm and k[2].startswith("grad_norm/") and k[2] != "grad_norm/total"})
+        for i, key in enumerate(keys):
+            curves = _seed_curves(runs, arm, key)
+            smooth = curves.rolling(max(1, len(curves) // 20), min_periods=1).mean().mean(axis=1)
+            ax.plot(smooth.index, smooth, linestyle=styles[i % len(styles)], color=colors[arm], label=key.split("/")[1])
+        ax.set_yscale("log")
+        ax.set_title(arm)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("gradient L2 norm (pre-clip, log scale)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: bool) -> dict[str, Figure]:
+    """Every figure of the report, keyed by file name (figures with no data are left out)."""
+    figs: dict[str, Figure | None] = {
+        "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + 2 × CE)", "Convergence: training loss", smooth=True),
+        "val_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
+                                    "Convergence: validation accuracy", xlabel="epoch"),
+        "grad_norm.png": curve_figure(runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm",
+                                      smooth=True, logy=True),
+        "grad_parts.png": part_norms_figure(runs, arms),
+        "grad_cosine.png": curve_figure(runs, arms, "grad_cosine/query_vs_candidate", "cosine(query-side, candidate-side gradient)",
+                                        "Do the two sides pull the encoder the same way?"),
+        "encoder_distance.png": curve_figure(runs, arms, "encoder_distance", "L2 distance between encoders' weights",
+                                             "Drift between query and candidate encoder"),
+    }
+    colors = arm_colors(arms)
+    for arm in arms:
+        trials = runs.trials(arm)
+        if trials.empty:
+            continue
+        table = pd.DataFrame({
+            "number": trials["trial"].astype(int),
+            "value": trials.get(f"metrics.{objective}", pd.Series(np.nan, index=trials.index)),
+            "state": np.where(trials["state"] == "complete", "COMPLETE", np.where(trials["state"] == "pruned", "PRUNED", "FAIL")),
+            "negatives.random_rate": trials["params.negatives.random_rate"].astype(float),
+            "negatives.random_rate_decay": trials["params.negatives.random_rate_decay"].astype(float),
+        })
+        for name, fig in tuning_figures(table, objective, arm, colors[arm], maximize).items():
+            figs[f"{arm}_{name}"] = fig
+    return {k: v for k, v in figs.items() if v is not None}
