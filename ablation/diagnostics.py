@@ -59,23 +59,37 @@ def grad_norms(model: BiEncoder) -> dict[str, float]:
     return out
 
 
-def side_gradient_cosine(model: BiEncoder, out: TripletOutput, loss: torch.Tensor) -> float:
-    """Cosine between the gradients that the query side and the candidate side send into encoder weights.
+def backward_by_side(model: BiEncoder, out: TripletOutput, loss: torch.Tensor) -> float:
+    """Backpropagate `loss` one side at a time, fill every `.grad`, and return the cosine between the
+    gradients the query side and the candidate side send into the encoder weights.
 
-    For a shared encoder these are the two contributions to one gradient (a backward per side); for two
-    encoders, the gradients of matching parameters. NaN when a side has nothing trainable. Keeps the graph.
+    Replaces `loss.backward()` at the same cost: the heads/classifier are differentiated once, then each
+    tower once, on its own side's outputs; a tensor both sides share gets the sum of both contributions,
+    which is exactly its full gradient. The cosine pairs parameters by name (for a shared encoder, the two
+    contributions to the same tensor). NaN when a side has nothing trainable.
     """
-    q_named = {n: p for n, p in model.query_tower.named_parameters() if p.requires_grad}
-    c_named = {n: p for n, p in model.cand_tower.named_parameters() if p.requires_grad}
-    names = sorted(set(q_named) & set(c_named))
-    if not names:
-        return float("nan")
-    q_out, c_out = [out.query_pool], [out.pos_pool, out.neg_pool]
-    d = torch.autograd.grad(loss, q_out + c_out, retain_graph=True)
-    gq = torch.autograd.grad(q_out, [q_named[n] for n in names], grad_outputs=d[:1], retain_graph=True, allow_unused=True)
-    gc = torch.autograd.grad(c_out, [c_named[n] for n in names], grad_outputs=d[1:], retain_graph=True, allow_unused=True)
+    towers = {id(p) for m in (model.query_tower, model.cand_tower) for p in m.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in towers]
+    q_named = {n: p for n, p in model.query_tower.named_parameters(remove_duplicate=False) if p.requires_grad}
+    c_named = {n: p for n, p in model.cand_tower.named_parameters(remove_duplicate=False) if p.requires_grad}
+    q_out = [t for t in (out.query_pool,) if t.requires_grad]
+    c_out = [t for t in (out.pos_pool, out.neg_pool) if t.requires_grad]  # none for a frozen side
+    q_named = q_named if q_out else {}
+    c_named = c_named if c_out else {}
+    grads = torch.autograd.grad(loss, q_out + c_out + rest, retain_graph=bool(q_named or c_named))
+    d_q, d_c, g_rest = grads[: len(q_out)], grads[len(q_out) : len(q_out) + len(c_out)], grads[len(q_out) + len(c_out) :]
+    g_q = dict(zip(q_named, torch.autograd.grad(q_out, list(q_named.values()), d_q, retain_graph=bool(c_named), allow_unused=True))) if q_named else {}
+    g_c = dict(zip(c_named, torch.autograd.grad(c_out, list(c_named.values()), d_c, allow_unused=True))) if c_named else {}
+    for p, g in zip(rest, g_rest):
+        p.grad = g
+    for named, side in ((q_named, g_q), (c_named, g_c)):
+        for name, p in named.items():
+            g = side[name]
+            if g is not None:
+                p.grad = g.clone() if p.grad is None else p.grad + g
     dot = qq = cc = 0.0
-    for a, b in zip(gq, gc):
+    for name in sorted(set(g_q) & set(g_c)):
+        a, b = g_q[name], g_c[name]
         if a is None or b is None:
             continue
         a, b = a.float(), b.float()

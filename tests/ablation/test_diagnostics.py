@@ -1,0 +1,52 @@
+"""Diagnostics: the per-side backward equals a plain backward; cosine and encoder distance make sense."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ablation.diagnostics import backward_by_side, encoder_distance, grad_norms
+from models.arms import ARMS
+from models.loss import TripletPairLoss
+from tests.models.test_arms import _batch, _model
+
+
+def _loss(model):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    out = model(_batch(1), _batch(2), _batch(3))
+    return out, TripletPairLoss()(out)["total"]
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_backward_by_side_fills_the_same_gradients_as_backward(arm: str) -> None:
+    model = _model(arm)
+    _, loss = _loss(model)
+    loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    out, loss = _loss(model)
+    cos = backward_by_side(model, out, loss)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
+    if arm == "frozen_candidate":
+        assert math.isnan(cos)
+    else:
+        assert -1.0 <= cos <= 1.0
+
+
+def test_distance_is_zero_for_shared_and_grows_when_towers_differ() -> None:
+    shared, unshared = _model("shared"), _model("unshared")
+    assert encoder_distance(shared) == 0.0 and encoder_distance(unshared) == 0.0
+    with torch.no_grad():
+        next(unshared.cand_tower.parameters()).add_(1.0)
+    assert encoder_distance(unshared) > 0.0
+    out, loss = _loss(shared)
+    loss.backward()
+    norms = grad_norms(shared)
+    assert set(norms) == {"grad_norm/encoder", "grad_norm/head", "grad_norm/classifier", "grad_norm/total"}
+    parts = norms["grad_norm/encoder"] ** 2 + norms["grad_norm/head"] ** 2 + norms["grad_norm/classifier"] ** 2
+    assert norms["grad_norm/total"] == pytest.approx(math.sqrt(parts))
