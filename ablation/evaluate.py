@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ablation.config import TASKS
 from ablation.corpus import Split
@@ -55,11 +56,8 @@ def ranks_of_true(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     """Indices of each query's k best candidates in the pool, best first (−1 pads short pools)."""
-    masked = np.where(mask, scores, -np.inf)
-    k = min(k, masked.shape[1])
-    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
+    masked = torch.from_numpy(np.where(mask, scores, -np.inf))
+    top = torch.topk(masked, min(k, masked.shape[1]), dim=1, sorted=True).indices.numpy()
     valid = np.take_along_axis(mask, top, axis=1)
     return np.where(valid, top, -1)
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RATE = "negatives.random_rate"
 DECAY = "negatives.random_rate_decay"
@@ -39,6 +40,7 @@ def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str 
         low = np.nanmin(done["value"]) if not done.empty else 0.0
         ax.plot(other["number"], [low] * len(other), "x", color="grey", label="pruned / failed")
     ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(objective)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -89,6 +89,16 @@ def _comparison_section(comp: pd.DataFrame, arms: list[str]) -> Section:
                 "seeds; the interval is a 95 % bootstrap CI over queries and p is a sign-flip test of no difference.")
     if comp.empty:
         return s.p("No comparison: fewer than two arms with per-query results.")
+    lines = []
+    for arm in comp["arm"].unique():
+        for mode in ("rerank", "retrieval"):
+            part = comp[(comp["arm"] == arm) & (comp["mode"] == mode)]
+            sig = part[part["significant"]]
+            better, worse = int((sig["diff"] > 0).sum()), int((sig["diff"] < 0).sum())
+            lines.append(f"{arm} vs {arms[0]}, {mode} acc@1: {part['diff'].mean():+.3f} on average over the 8 tasks; "
+                         f"significantly better on {better} task(s), worse on {worse}, no significant difference on "
+                         f"{len(part) - better - worse}.")
+    s.p("In short:").items(lines)
     for mode in ("rerank", "retrieval"):
         part = comp[comp["mode"] == mode]
         rows = [[r.arm, r.task, f"{r.diff:+.3f}", f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p_value:.3f}", str(r.n_queries),

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablation.report.reader import StudyRuns  # noqa: E402
 from ablation.tuning_plots import tuning_figures  # noqa: E402
@@ -54,6 +55,7 @@ def curve_figure(runs: StudyRuns, arms: list[str], key: str, ylabel: str, title:
         plt.close(fig)
         return None
     ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel + (" (moving average)" if smooth else ""))
     if logy:
         ax.set_yscale("log")
@@ -89,9 +91,9 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
 def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: bool) -> dict[str, Figure]:
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
     figs: dict[str, Figure | None] = {
-        "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + 2 × CE)", "Convergence: training loss", smooth=True),
+        "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + CE pos + CE neg)", "Convergence: training loss", smooth=True),
         "val_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
-                                    "Convergence: validation accuracy", xlabel="epoch"),
+                                    "Convergence: validation accuracy", xlabel="epoch (0 = after the first)"),
         "grad_norm.png": curve_figure(runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm",
                                       smooth=True, logy=True),
         "grad_parts.png": part_norms_figure(runs, arms),
