@@ -17,7 +17,7 @@ import torch
 
 from ablation.config import TASKS
 from ablation.corpus import Split
-from ablation.tasks import TaskMasks
+from ablation.tasks import TaskPools
 
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(query indices [M], candidate indices [M]) → positive-class probability [M], all in one call."""
@@ -39,27 +39,42 @@ def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cos
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
         return q @ c.T
-    if metric == "l2":
-        sq = (q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T)
-        return -np.sqrt(np.maximum(sq, 0.0))
+    if metric == "l2":  # |q|² + |c|² − 2 q·c in one multi-threaded addmm
+        tq, tc = torch.from_numpy(q), torch.from_numpy(c)
+        sq = torch.addmm((tc * tc).sum(1)[None, :], tq, tc.T, alpha=-2.0).add_((tq * tq).sum(1)[:, None])
+        return sq.clamp_(min=0.0).sqrt_().neg_().numpy()
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def ranks_of_true(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank (1-based, pessimistic on ties) of candidate ``i`` for query ``i``, and each query's top-1 index."""
+def pool_view(scores: np.ndarray, pools: TaskPools, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's pool scores, padded with −inf, and their candidate columns (−1 for padding)."""
     n = scores.shape[0]
-    masked = np.where(mask, scores, -np.inf)
-    true = scores[np.arange(n), np.arange(n)]
-    beaten_or_tied = (masked >= true[:, None]).sum(axis=1)  # includes the true candidate itself
-    return beaten_or_tied.astype(np.int64), masked.argmax(axis=1)
+    rows = np.arange(n)
+    if task == "epc":
+        return scores[:, :n], np.broadcast_to(np.arange(n), (n, n))
+    if task == "epa":
+        vals = scores.copy()
+        vals[rows, n + rows] = -np.inf
+        return vals, np.broadcast_to(np.arange(2 * n), (n, 2 * n))
+    c_lo, c_hi, p_lo, p_hi, exclude_self = pools.ranges(task)
+    len1, len2 = c_hi - c_lo, p_hi - p_lo
+    j = np.arange(int((len1 + len2).max()))[None, :]
+    in1 = j < len1[:, None]
+    valid = in1 | (j < (len1 + len2)[:, None])
+    cols = np.where(in1, c_lo[:, None] + j, p_lo[:, None] + j - len1[:, None])
+    if exclude_self:
+        valid &= cols != (n + rows)[:, None]
+    cols = np.where(valid, cols, -1)
+    return np.where(valid, np.take_along_axis(scores, np.maximum(cols, 0), axis=1), -np.inf), cols
 
 
-def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each query's k best candidates in the pool, best first (−1 pads short pools)."""
-    masked = torch.from_numpy(np.where(mask, scores, -np.inf))
-    top = torch.topk(masked, min(k, masked.shape[1]), dim=1, sorted=True).indices.numpy()
-    valid = np.take_along_axis(mask, top, axis=1)
-    return np.where(valid, top, -1)
+def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pessimistic rank of the true candidate, the top-1 column, and the top-k columns (−1 pads short pools)."""
+    ranks = (vals >= true[:, None]).sum(axis=1)
+    top = torch.topk(torch.from_numpy(np.ascontiguousarray(vals)), min(k, vals.shape[1]), dim=1, sorted=True)
+    idx = top.indices.numpy()
+    top_cols = np.where(np.isfinite(top.values.numpy()), np.take_along_axis(cols, idx, axis=1), -1)
+    return ranks.astype(np.int64), top_cols[:, 0], top_cols
 
 
 def _rerank(top: np.ndarray, probs: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,16 +108,16 @@ def evaluate_scores(
     n = split.n
     if scores.shape != (n, 2 * n):
         raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
-    masks = TaskMasks(split)
+    pools = TaskPools(split)
     cand_ids = np.asarray(split.candidate_ids, dtype=object)
     query_ids = split.queries["id"].to_numpy()
+    true = scores[np.arange(n), np.arange(n)]
     retrieval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tops: dict[str, np.ndarray] = {}
     for task in tasks:
-        mask = masks.mask(task)
-        retrieval[task] = ranks_of_true(scores, mask)
-        if scorer is not None:
-            tops[task] = _top_k(scores, mask, rerank_k)
+        ranks, top1, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
+        retrieval[task] = (ranks, top1)
+        tops[task] = top
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if scorer is not None:
         keys = {task: np.arange(n)[:, None] * 2 * n + np.maximum(top, 0) for task, top in tops.items()}

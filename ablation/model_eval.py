@@ -35,7 +35,7 @@ def encode_sides(model: BiEncoder, data: TokenizedSplit, pad_id: int, batch_size
     return q, c
 
 
-def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device, chunk: int = 65536) -> PairScorer:
+def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device, chunk: int = 16384) -> PairScorer:
     """A scorer that runs the pair classifier on many (query, candidate) index pairs at once."""
     tq = {k: torch.as_tensor(v, device=device) for k, v in q.items()}
     tc = {k: torch.as_tensor(v, device=device) for k, v in c.items()}
@@ -46,7 +46,7 @@ def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndar
         for s in range(0, len(qi), chunk):
             a = torch.as_tensor(qi[s : s + chunk], device=device)
             b = torch.as_tensor(ci[s : s + chunk], device=device)
-            logits = model.classifier(tq["proj"][a], tq["pool"][a], tc["proj"][b], tc["pool"][b])
+            logits = model.classifier.indexed(tq, tc, a, b)
             out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 

@@ -64,6 +64,46 @@ class TaskMasks:
         return np.concatenate([counters, points], axis=1)
 
 
+class TaskPools:
+    """Each task's pool as at most two contiguous column ranges and one excluded column per query.
+
+    Splits are sorted by theme, debate, stance and number, so every debate, theme and same-stance group
+    is a contiguous run of indices; this makes evaluation O(pool) per query instead of O(split).
+    """
+
+    def __init__(self, split: Split) -> None:
+        q = split.queries
+        self.n = n = split.n
+        pos = pd.Series(np.arange(n))
+        self.bounds = {}
+        for name, key in (("debate", q["theme"] + "/" + q["debate"]), ("theme", q["theme"]),
+                          ("stance", q["theme"] + "/" + q["debate"] + "/" + q["stance"])):
+            g = pos.groupby(key.to_numpy())
+            lo, hi = g.transform("min").to_numpy(), g.transform("max").to_numpy() + 1
+            if not np.array_equal(hi - lo, g.transform("size").to_numpy()):
+                raise ValueError(f"split is not sorted: {name} groups are not contiguous")
+            self.bounds[name] = (lo, hi)
+
+    def ranges(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(counter start, counter end, point start, point end, exclude self) per query; points offset by n."""
+        n = self.n
+        zero, full = np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
+        scope = {"sd": "debate", "st": "theme", "ep": None}[task[:2]]
+        lo, hi = self.bounds[scope] if scope else (zero, full)
+        if task in ("sdoc", "sdoa"):
+            c_lo, c_hi = self.bounds["stance"]
+        else:
+            c_lo, c_hi = lo, hi
+        if task == "sdoa":  # the other stance block of the debate: before or after the own one
+            own_first = c_lo == lo
+            p_lo, p_hi = np.where(own_first, c_hi, lo), np.where(own_first, hi, c_lo)
+        elif task.endswith("a"):
+            p_lo, p_hi = lo, hi
+        else:
+            p_lo, p_hi = zero, zero
+        return c_lo, c_hi, p_lo + n, p_hi + n, task in ("sda", "sta", "epa")
+
+
 def task_stats(split: Split, tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
     """Per task: queries, mean candidates per query (true one included), true and false pairs."""
     masks = TaskMasks(split)

@@ -67,7 +67,7 @@ def _optimizer(cfg: ExperimentConfig, model: BiEncoder) -> torch.optim.Optimizer
 def build_model(cfg: ExperimentConfig, data: RunData, device: torch.device) -> BiEncoder:
     """The arm's model, from the same weights for every arm under `cfg.seed`; torch is re-seeded after."""
     torch.manual_seed(cfg.seed)
-    model = build_biencoder(cfg.model, len(data.tokenizer)).to(device)
+    model = build_biencoder(cfg.model, len(data.tokenizer)).to(device).train()  # from_pretrained gives eval mode
     torch.manual_seed(cfg.seed)  # dropout masks independent of how much RNG building consumed
     return model
 

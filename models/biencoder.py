@@ -44,6 +44,20 @@ class PairClassifier(nn.Module):
         feats = [u_proj, v_proj, (u_proj - v_proj).abs(), u_pool, v_pool, (u_pool - v_pool).abs()]
         return self.linear(torch.cat([f.float() for f in feats], dim=-1))
 
+    def indexed(self, q: dict[str, torch.Tensor], c: dict[str, torch.Tensor], qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+        """Logits of many pairs (q[qi], c[ci]) at once: the linear layer is split into per-query and
+        per-candidate terms, computed once each, so only the |u−v| terms are per pair. Equals `forward`."""
+        p, h = q["proj"].shape[1], q["pool"].shape[1]
+        w = self.linear.weight.float()
+        wu_p, wv_p, wd_p, wu_h, wv_h, wd_h = torch.split(w, [p, p, p, h, h, h], dim=1)
+        a = q["proj"].float() @ wu_p.T + q["pool"].float() @ wu_h.T
+        b = c["proj"].float() @ wv_p.T + c["pool"].float() @ wv_h.T
+        out = a.index_select(0, qi).add_(b.index_select(0, ci)).add_(self.linear.bias.float())
+        for key, wd in (("proj", wd_p), ("pool", wd_h)):  # in place: these are the big per-pair tensors
+            diff = q[key].float().index_select(0, qi).sub_(c[key].float().index_select(0, ci)).abs_()
+            out.addmm_(diff, wd.T)
+        return out
+
 
 class BiEncoder(nn.Module):
     """Query side and candidate side, each text → pooled (H) → projected (proj_dim)."""

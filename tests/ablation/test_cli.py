@@ -45,3 +45,17 @@ def test_python_dash_m_and_console_script(corpus: Path) -> None:
     script = Path(sys.executable).parent / "ablation"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "data-stats" in proc.stdout
+
+
+def test_run_and_report_bad_input_leave_nothing(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "mlflow.db"
+    smoke = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml")
+    assert main(["run", "--config", smoke, "--corpus", str(tmp_path / "missing"), "--tracking-uri", f"sqlite:///{db}",
+                 "--run-dir", str(tmp_path / "run")]) == 2
+    assert main(["run", "--config", smoke, "--corpus", str(corpus), "--set", "study.objective=val/rerank/acc/mean",
+                 "--tracking-uri", f"sqlite:///{db}", "--run-dir", str(tmp_path / "run")]) == 2
+    assert main(["run", "--config", smoke, "--workers", "0", "--corpus", str(corpus)]) == 2
+    assert not db.exists() and not (tmp_path / "run").exists()
+    assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4 and "study.objective" in errors[1] and "no study named 'nope'" in errors[3]

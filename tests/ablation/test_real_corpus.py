@@ -31,3 +31,22 @@ def test_test_split_task_pools(real_corpus: Path) -> None:
     assert stats.loc["epa", "mean_candidates"] == 2 * s.n - 1
     order = ["sdoc", "sdc", "sda", "stc", "sta", "epc", "epa"]  # each pool contains the previous one
     assert list(stats.loc[order, "mean_candidates"]) == sorted(stats.loc[order, "mean_candidates"])
+
+
+def test_contiguous_pools_equal_the_masks_on_the_real_split(real_corpus: Path) -> None:
+    import numpy as np
+
+    from ablation.config import TASKS
+    from ablation.evaluate import pool_view
+    from ablation.tasks import TaskMasks, TaskPools
+
+    s = read_split(real_corpus, "test")
+    masks, pools = TaskMasks(s), TaskPools(s)
+    scores = np.zeros((s.n, 2 * s.n), dtype=np.float32)
+    for task in TASKS:
+        vals, cols = pool_view(scores, pools, task)
+        from_pools = np.zeros((s.n, 2 * s.n), dtype=bool)
+        rows = np.repeat(np.arange(s.n)[:, None], cols.shape[1], axis=1)
+        ok = (cols >= 0) & np.isfinite(vals)
+        from_pools[rows[ok], cols[ok]] = True
+        assert np.array_equal(from_pools, masks.mask(task)), task

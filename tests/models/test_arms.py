@@ -88,3 +88,13 @@ def test_every_arm_starts_from_the_same_weights(arm: str) -> None:
     for part, value in sums.items():
         kind = part.split(".")[1].split("_")[-1]  # encoder / head / classifier
         assert value == reference[f"checksum.{kind}"], part
+
+
+def test_indexed_pair_logits_equal_the_forward_pass() -> None:
+    torch.manual_seed(0)
+    m = _model("shared")
+    q = {"proj": torch.randn(5, 8), "pool": torch.randn(5, 32)}
+    c = {"proj": torch.randn(7, 8), "pool": torch.randn(7, 32)}
+    qi, ci = torch.tensor([0, 4, 2, 2]), torch.tensor([6, 0, 3, 3])
+    direct = m.classifier(q["proj"][qi], q["pool"][qi], c["proj"][ci], c["pool"][ci])
+    torch.testing.assert_close(m.classifier.indexed(q, c, qi, ci), direct, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,23 @@
+"""The benchmark's reference implementations agree with the harness (on the fixture corpus, tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablation.bench import neighbour_index, p2_evaluation
+from ablation.data import load_run_data
+from tests.ablation.test_train import smoke_config
+
+
+def test_old_per_pair_evaluator_gives_the_same_accuracy(corpus: Path) -> None:
+    cfg = smoke_config()
+    data = load_run_data(cfg, str(corpus))
+    result = p2_evaluation(cfg, data, data.test.split, repeats=1)
+    assert result["same_acc_at_1"] is True
+    assert result["speedup"] > 1.0
+
+
+def test_neighbour_index_timing_names_the_faster_one() -> None:
+    result = neighbour_index(n=300, dim=16)
+    assert result["faster"] in ("balltree", "brute")
+    assert result["balltree_s"] > 0 and result["brute_s"] > 0
