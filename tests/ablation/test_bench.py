@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.bench import neighbour_index, p2_evaluation
+from ablation.bench import neighbour_index, p2_evaluation, readable_table
 from ablation.data import load_run_data
 from tests.ablation.test_train import smoke_config
 
@@ -15,6 +15,8 @@ def test_old_per_pair_evaluator_gives_the_same_accuracy(corpus: Path) -> None:
     result = p2_evaluation(cfg, data, data.test.split, repeats=1)
     assert result["same_acc_at_1"] is True
     assert result["speedup"] > 1.0
+    table = readable_table([result, neighbour_index(n=100, dim=8)])
+    assert table.count("\n") == 3 and "| P2 |" in table and "same acc@1: True" in table
 
 
 def test_neighbour_index_timing_names_the_faster_one() -> None:
