@@ -10,6 +10,7 @@ study; a lock around "count the budget, ask a trial" keeps each arm at exactly `
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,8 @@ def final_runs(ctx: StudyContext, arm: str) -> None:
                     _clean_stale(ctx, _optuna_study(ctx, arm), arm)
                 tags = {"role": "final", **{f"best.{k}": f"{v:.6g}" for k, v in params.items()}}
                 _train(ctx, replace_path(cfg, "seed", seed), f"{arm}-seed{seed}", tags, ctx.arm_runs[arm])
+        except NonFiniteLoss as exc:  # the run is FAILED with the reason; the study goes on
+            print(f"warning: final run {arm} seed {seed} failed: {exc}", file=sys.stderr)
         finally:
             release(ctx.run_dir / "claims", name)
 

@@ -44,7 +44,8 @@ def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str 
     ax.set_ylabel(objective)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -52,16 +53,19 @@ def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "
     """Objective against the initial random rate; marker size grows with the decay."""
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     done = trials[trials["state"] == "COMPLETE"]
-    if RATE in done:
+    if RATE in done and not done.empty:
         decay = done[DECAY] if DECAY in done else pd.Series(0.0, index=done.index)
         ax.scatter(done[RATE], done["value"], s=30 + 1500 * decay.astype(float), color=color, alpha=0.7,
                    edgecolor="black", label="trial (size ∝ decay)")
+    else:
+        ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center", color="grey")
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("initial random_rate (share of random negatives)")
     ax.set_ylabel(objective)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 

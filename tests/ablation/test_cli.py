@@ -59,3 +59,11 @@ def test_run_and_report_bad_input_leave_nothing(corpus: Path, tmp_path: Path, ca
     assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 4 and "study.objective" in errors[1] and "no study named 'nope'" in errors[3]
+
+
+def test_make_help_lists_every_target() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-s", "help"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    phony = next(line for line in (repo / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    for target in phony.split(":", 1)[1].split():
+        assert target in out, target

@@ -111,3 +111,20 @@ def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
         assert len(trials) == 3  # the budget held although two processes asked for trials
         pids |= {t.user_attrs["pid"] for t in trials}
     assert len(pids) == 2 and str(os.getpid()) not in pids  # both worker processes did tuning work
+
+
+@pytest.mark.slow
+def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path, tmp_path: Path) -> None:
+    cfg = load_config(SMOKE, [*FIXTURE, "study.search_space={train.lr: {low: 1.0e+29, high: 1.0e+30}}",
+                              "train.optimizer=sgd", "study.seeds=[1]"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
+    trials = optuna.load_study(study_name="smoke-shared", storage=storage).get_trials()
+    assert len(trials) == cfg.study.n_trials
+    assert all(t.state == optuna.trial.TrialState.FAIL and "loss became" in t.user_attrs["failure"] for t in trials)
+    runs = _runs(uri)
+    trial_runs = [r for r in runs if r.data.tags["role"] == "trial"]
+    assert trial_runs and all(r.info.status == "FAILED" and "loss became" in r.data.tags["failure"] for r in trial_runs)
+    finals = [r for r in runs if r.data.tags["role"] == "final"]
+    assert len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)  # defaults, since no trial completed
