@@ -192,8 +192,3 @@ def read_split(
         digest=digest,
     )
 
-
-def count_files(path: str | Path, split: str) -> dict[str, int]:
-    """Raw numbers of point and counter files of a split (before pairing)."""
-    s = read_split(path, split)
-    return {"points": s.n + s.dropped_points, "counters": s.n + s.dropped_counters}

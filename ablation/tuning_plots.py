@@ -27,6 +27,16 @@ def trials_table(study: object) -> pd.DataFrame:
     return df.rename(columns=lambda c: c.removeprefix("params_"))
 
 
+def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> Figure:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
 def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True) -> Figure:
     """Objective per trial (complete ones as dots, pruned/failed as crosses at the bottom) and the best so far."""
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
@@ -39,14 +49,8 @@ def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str 
     if not other.empty:
         low = np.nanmin(done["value"]) if not done.empty else 0.0
         ax.plot(other["number"], [low] * len(other), "x", color="grey", label="pruned / failed")
-    ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(objective)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    return fig
+    return _finish(fig, ax, "trial number", objective, title)
 
 
 def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0") -> Figure:
@@ -60,13 +64,7 @@ def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "
     else:
         ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center", color="grey")
     ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("initial random_rate (share of random negatives)")
-    ax.set_ylabel(objective)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    return fig
+    return _finish(fig, ax, "initial random_rate (share of random negatives)", objective, title)
 
 
 def tuning_figures(trials: pd.DataFrame, objective: str, arm: str, color: str = "C0", maximize: bool = True) -> dict[str, Figure]:
