@@ -6,14 +6,12 @@ PY := $(VENV)/bin/python
 EXPERIMENT ?= experiments/quick.yaml
 WORKERS ?= 1
 STUDY ?= quick
-TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 PORT ?= 5000
 # The corpus: ARGUANA_DIR if set, else the shared copy beside the repo when present, else data/.
 ARGUANA_DIR ?= $(if $(wildcard ../shared/data/arguana-counterargs),$(abspath ../shared/data/arguana-counterargs),$(CURDIR)/data/arguana-counterargs)
 export ARGUANA_DIR
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast ablation smoke report ui bench data-stats zero-shot clean
@@ -44,8 +42,8 @@ smoke: $(VENV)/.installed ## the smoke study (tiny random BERT, seconds)
 report: $(VENV)/.installed ## rebuild reports/STUDY from MLflow (STUDY=quick)
 	$(PY) -m ablation report --study $(STUDY)
 
-ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the same store
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the same store (MLFLOW_TRACKING_URI or mlflow.db)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(PORT)
 
 bench: $(VENV)/.installed ## speed/memory benchmark → reports/bench/bench.json
 	$(PY) -m ablation bench

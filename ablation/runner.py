@@ -39,6 +39,8 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
         study_run = _find_or_create(tracker, experiment, name, {"study": name, "role": "study"}, None)
         arm_runs = {arm: _find_or_create(tracker, experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
                     for arm in cfg.study.arms}
+    for key, value in {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}.items():
+        tracker.client.set_tag(study_run, key, value)  # as of this (re)start
     return StudyContext(cfg, data, tracker, experiment, folder, study_run, arm_runs)
 
 
@@ -61,8 +63,6 @@ def _finish(ctx: StudyContext) -> list[str]:
     client = ctx.tracker.client
     cfg = ctx.cfg
     lines = []
-    for key, value in {"git_commit": git_commit(), "corpus_digest": ctx.data.digest, **package_versions()}.items():
-        client.set_tag(ctx.study_run, key, value)
     client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
     for i, arm in enumerate(cfg.study.arms):
         study = _optuna_study(ctx, arm)

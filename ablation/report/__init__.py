@@ -59,9 +59,12 @@ def _header(runs: StudyRuns, arms: list[str]) -> Section:
     study = cfg.get("study") or {}
     start = dt.datetime.fromtimestamp(runs.study_run.info.start_time / 1000, dt.timezone.utc)
     s = Section("Study", "Everything needed to rerun this study: the commit, the corpus digest and the resolved config.")
+    commits = sorted(set(finals["tags.git_commit"].dropna())) if "tags.git_commit" in finals else []
     s.items([
         f"study: {runs.name}; started {start:%Y-%m-%d %H:%M} UTC",
-        f"git commit: {tags.get('git_commit', 'unknown')}; corpus digest: {tags.get('corpus_digest', 'unknown')}",
+        f"git commit: {tags.get('git_commit', 'unknown')}"
+        + (f" (final runs: {', '.join(commits)})" if commits and commits != [tags.get("git_commit")] else "")
+        + f"; corpus digest: {tags.get('corpus_digest', 'unknown')}",
         f"model: {model}; device: {device}",
         f"arms: {', '.join(arms)}; seeds: {study.get('seeds', '?')}; tuning budget: {study.get('n_trials', '?')} trials per arm "
         f"on {study.get('objective', '?')}",

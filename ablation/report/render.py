@@ -77,10 +77,10 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px solid #ccc;padding:.3em .55em;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;margin:.8em 0;font-size:.8em}th,td{border:1px solid #ccc;padding:.25em .4em;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.how{color:#555;font-style:italic}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em;max-height:28em}
