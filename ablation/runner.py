@@ -18,8 +18,7 @@ import torch
 from ablation.config import ExperimentConfig, dump_yaml
 from ablation.corpus import REPO_ROOT
 from ablation.data import load_run_data
-from ablation.study import (StudyContext, _find_or_create, _optuna_study, best_config, check_objective, final_runs,
-                            tune_arm, zero_shot_run)
+from ablation.study import StudyContext, best_config, check_objective, final_runs, optuna_study, tune_arm, zero_shot_run
 from ablation.tracking import Tracker, git_commit, package_versions, resolve_tracking_uri
 from ablation.tuning_plots import tuning_figures, trials_table
 from ablation.workers import locked
@@ -36,8 +35,8 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
     folder.mkdir(parents=True, exist_ok=True)
     name = cfg.study.name
     with locked(folder / "study.lock"):
-        study_run = _find_or_create(tracker, experiment, name, {"study": name, "role": "study"}, None)
-        arm_runs = {arm: _find_or_create(tracker, experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
+        study_run = tracker.find_or_create_run(experiment, name, {"study": name, "role": "study"})
+        arm_runs = {arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
                     for arm in cfg.study.arms}
     for key, value in {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}.items():
         tracker.client.set_tag(study_run, key, value)  # as of this (re)start
@@ -65,7 +64,7 @@ def _finish(ctx: StudyContext) -> list[str]:
     lines = []
     client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
     for i, arm in enumerate(cfg.study.arms):
-        study = _optuna_study(ctx, arm)
+        study = optuna_study(ctx, arm)
         figures = tuning_figures(trials_table(study), cfg.study.objective, arm, ARM_COLORS[i % len(ARM_COLORS)],
                                  cfg.study.direction == "maximize")
         for name, fig in figures.items():

@@ -61,20 +61,7 @@ def check_objective(cfg: ExperimentConfig) -> None:
                         "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)")
 
 
-def _find_or_create(ctx_tracker: Tracker, experiment: str, name: str, tags: dict[str, str], parent: str | None) -> str:
-    """The active run with these tags, else a new RUNNING one (kept open across resumes)."""
-    exp_id = ctx_tracker.experiment_id(experiment)
-    flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = ctx_tracker.client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"])
-    if runs:
-        return runs[0].info.run_id
-    all_tags = dict(tags)
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    return ctx_tracker.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
-
-
-def _optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
+def optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
     if arm in ctx.studies:
         return ctx.studies[arm]
     s = ctx.cfg.study
@@ -142,7 +129,7 @@ def _train(ctx: StudyContext, cfg: ExperimentConfig, name: str, tags: dict[str, 
 
 def tune_arm(ctx: StudyContext, arm: str) -> None:
     """Run trials for `arm` until its budget is used (shared with any other worker)."""
-    study = _optuna_study(ctx, arm)
+    study = optuna_study(ctx, arm)
     base = replace_path(ctx.cfg, "model.sharing", arm)
     while True:
         with locked(ctx.run_dir / "study.lock"):
@@ -183,7 +170,7 @@ def _wait_for_tuning(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
 
 def best_config(ctx: StudyContext, arm: str) -> tuple[ExperimentConfig, dict[str, float]]:
     """The arm's config with its best trial's parameters (the defaults when no trial completed)."""
-    study = _optuna_study(ctx, arm)
+    study = optuna_study(ctx, arm)
     _wait_for_tuning(ctx, study, arm)
     cfg = replace_path(ctx.cfg, "model.sharing", arm)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -211,7 +198,7 @@ def final_runs(ctx: StudyContext, arm: str) -> None:
         try:
             if not _finished(ctx, "final", arm=arm, seed=str(seed)):
                 with locked(ctx.run_dir / "study.lock"):
-                    _clean_stale(ctx, _optuna_study(ctx, arm), arm)
+                    _clean_stale(ctx, optuna_study(ctx, arm), arm)
                 tags = {"role": "final", **{f"best.{k}": f"{v:.6g}" for k, v in params.items()}}
                 _train(ctx, replace_path(cfg, "seed", seed), f"{arm}-seed{seed}", tags, ctx.arm_runs[arm])
         except NonFiniteLoss as exc:  # the run is FAILED with the reason; the study goes on

@@ -68,6 +68,16 @@ class Tracker:
                 raise
             return exp.experiment_id
 
+    def find_or_create_run(self, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        """The oldest active run carrying `tags`, else a new RUNNING one (study and arm runs outlive resumes)."""
+        exp_id = self.experiment_id(experiment)
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"])
+        if runs:
+            return runs[0].info.run_id
+        all_tags = {**tags, **({PARENT_TAG: parent} if parent else {})}
+        return self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+
     @contextlib.contextmanager
     def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator["RunRecorder"]:
         """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
