@@ -68,6 +68,27 @@ def pool_view(scores: np.ndarray, pools: TaskPools, task: str) -> tuple[np.ndarr
     return np.where(valid, np.take_along_axis(scores, np.maximum(cols, 0), axis=1), -np.inf), cols
 
 
+def _retrieve_block(scores: np.ndarray, lo: int, hi: int, points: bool, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks and top-k columns of queries lo..hi whose pool is counters lo..hi (and points lo..hi but
+    themselves): a theme, or the whole split. Works on views of `scores`, never copies the block."""
+    n = scores.shape[0]
+    t = torch.from_numpy(true[lo:hi])[:, None]
+    block = torch.from_numpy(scores[lo:hi, lo:hi])
+    ranks = (block >= t).sum(1)
+    vals, cols = torch.topk(block, min(k, hi - lo), dim=1)
+    cols = cols + lo
+    if points:
+        pts = torch.from_numpy(scores[lo:hi, n + lo : n + hi])
+        ranks += (pts >= t).sum(1) - (torch.diagonal(pts) >= t[:, 0]).long()
+        p_vals, p_idx = torch.topk(pts, min(k + 1, hi - lo), dim=1)  # one spare: the query itself may be among them
+        p_vals = p_vals.masked_fill(p_idx == torch.arange(hi - lo)[:, None], -torch.inf)
+        vals, pick = torch.topk(torch.cat([vals, p_vals], 1), min(k, 2 * (hi - lo) - 1), dim=1)
+        cols = torch.cat([cols, p_idx + n + lo], 1).gather(1, pick)
+    top = np.full((hi - lo, k), -1, dtype=np.int64)
+    top[:, : cols.shape[1]] = np.where(np.isfinite(vals.numpy()), cols.numpy(), -1)
+    return ranks.numpy(), top
+
+
 def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pessimistic rank of the true candidate, the top-1 column, and the top-k columns (−1 pads short pools)."""
     ranks = (vals >= true[:, None]).sum(axis=1)
@@ -115,13 +136,21 @@ def evaluate_scores(
     retrieval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tops: dict[str, np.ndarray] = {}
     for task in tasks:
-        ranks, top1, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
-        retrieval[task] = (ranks, top1)
+        if task[:2] in ("st", "ep"):  # big pools: contiguous blocks of the score matrix, no gather
+            blocks = sorted(set(zip(*pools.bounds["theme"]))) if task[:2] == "st" else [(0, n)]
+            ranks, top = np.empty(n, dtype=np.int64), np.empty((n, rerank_k), dtype=np.int64)
+            for lo, hi in blocks:
+                ranks[lo:hi], top[lo:hi] = _retrieve_block(scores, int(lo), int(hi), task.endswith("a"), true, rerank_k)
+            retrieval[task] = (ranks, top[:, 0])
+        else:
+            ranks, top1, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
+            retrieval[task] = (ranks, top1)
         tops[task] = top
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if scorer is not None:
         keys = {task: np.arange(n)[:, None] * 2 * n + np.maximum(top, 0) for task, top in tops.items()}
-        pairs = np.unique(np.concatenate([k.ravel() for k in keys.values()]))  # shared pairs scored once
+        pairs = np.sort(np.concatenate([k.ravel() for k in keys.values()]))
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # pairs shared by several tasks are scored once
         probs = np.asarray(scorer(pairs // (2 * n), pairs % (2 * n)), dtype=np.float64)
         for task, top in tops.items():
             reranked[task] = _rerank(top, probs[np.searchsorted(pairs, keys[task])], retrieval[task][0])
