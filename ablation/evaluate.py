@@ -50,12 +50,6 @@ def pool_view(scores: np.ndarray, pools: TaskPools, task: str) -> tuple[np.ndarr
     """Each query's pool scores, padded with −inf, and their candidate columns (−1 for padding)."""
     n = scores.shape[0]
     rows = np.arange(n)
-    if task == "epc":
-        return scores[:, :n], np.broadcast_to(np.arange(n), (n, n))
-    if task == "epa":
-        vals = scores.copy()
-        vals[rows, n + rows] = -np.inf
-        return vals, np.broadcast_to(np.arange(2 * n), (n, 2 * n))
     c_lo, c_hi, p_lo, p_hi, exclude_self = pools.ranges(task)
     len1, len2 = c_hi - c_lo, p_hi - p_lo
     j = np.arange(int((len1 + len2).max()))[None, :]
@@ -89,13 +83,12 @@ def _retrieve_block(scores: np.ndarray, lo: int, hi: int, points: bool, true: np
     return ranks.numpy(), top
 
 
-def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pessimistic rank of the true candidate, the top-1 column, and the top-k columns (−1 pads short pools)."""
+def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pessimistic rank of the true candidate and the top-k columns, best first (−1 pads short pools)."""
     ranks = (vals >= true[:, None]).sum(axis=1)
     top = torch.topk(torch.from_numpy(np.ascontiguousarray(vals)), min(k, vals.shape[1]), dim=1, sorted=True)
     idx = top.indices.numpy()
-    top_cols = np.where(np.isfinite(top.values.numpy()), np.take_along_axis(cols, idx, axis=1), -1)
-    return ranks.astype(np.int64), top_cols[:, 0], top_cols
+    return ranks.astype(np.int64), np.where(np.isfinite(top.values.numpy()), np.take_along_axis(cols, idx, axis=1), -1)
 
 
 def _rerank(top: np.ndarray, probs: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,10 +134,9 @@ def evaluate_scores(
             ranks, top = np.empty(n, dtype=np.int64), np.empty((n, rerank_k), dtype=np.int64)
             for lo, hi in blocks:
                 ranks[lo:hi], top[lo:hi] = _retrieve_block(scores, int(lo), int(hi), task.endswith("a"), true, rerank_k)
-            retrieval[task] = (ranks, top[:, 0])
-        else:
-            ranks, top1, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
-            retrieval[task] = (ranks, top1)
+        else:  # debate pools: small, gathered
+            ranks, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
+        retrieval[task] = (ranks, top[:, 0])
         tops[task] = top
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if scorer is not None:

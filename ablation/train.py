@@ -97,9 +97,6 @@ class Trainer:
         self.epoch_batches: list[list[np.ndarray]] = []  # what the run saw, for inspection and tests
         self.epoch_negatives: list[np.ndarray] = []
 
-    def _autocast(self):  # type: ignore[no-untyped-def]
-        return autocast(self.device, self.cfg.train.precision)
-
     def _record_setup(self) -> None:
         cfg, data = self.cfg, self.data
         self.result.counts = param_counts(self.model)
@@ -121,7 +118,7 @@ class Trainer:
         batches = [pad_batch([toks[i] for i in ids], pad) for toks, ids in
                    ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negatives[idx]))]
         q, p, n = ({k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches)
-        with self._autocast():
+        with autocast(self.device, cfg.train.precision):
             out = self.model(q, p, n)
             terms = self.loss_fn(out)
         total = terms["total"]
