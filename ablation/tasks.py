@@ -74,15 +74,20 @@ class TaskPools:
     def __init__(self, split: Split) -> None:
         q = split.queries
         self.n = n = split.n
-        pos = pd.Series(np.arange(n))
         self.bounds = {}
-        for name, key in (("debate", q["theme"] + "/" + q["debate"]), ("theme", q["theme"]),
-                          ("stance", q["theme"] + "/" + q["debate"] + "/" + q["stance"])):
-            g = pos.groupby(key.to_numpy())
-            lo, hi = g.transform("min").to_numpy(), g.transform("max").to_numpy() + 1
-            if not np.array_equal(hi - lo, g.transform("size").to_numpy()):
+        starts = np.zeros(n, dtype=bool)
+        starts[:1] = True
+        key = np.zeros(n, dtype=np.int64)
+        for name in ("theme", "debate", "stance"):  # each nested in the one before
+            codes, uniques = pd.factorize(q[name])
+            starts[1:] |= codes[1:] != codes[:-1]
+            key = key * len(uniques) + codes
+            run = np.cumsum(starts) - 1
+            lo = np.flatnonzero(starts)
+            if len(lo) != len(np.unique(key)):
                 raise ValueError(f"split is not sorted: {name} groups are not contiguous")
-            self.bounds[name] = (lo, hi)
+            hi = np.r_[lo[1:], n]
+            self.bounds[name] = (lo[run], hi[run])
 
     def ranges(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """(counter start, counter end, point start, point end, exclude self) per query; points offset by n."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ablation.config import TASKS
 from ablation.corpus import read_split
-from ablation.tasks import TaskMasks, task_stats
+from ablation.tasks import TaskMasks, TaskPools, task_stats
 
 
 def _expected_pool(split, i: int, task: str) -> set[int]:
@@ -60,3 +62,16 @@ def test_stats_counts(corpus: Path) -> None:
     assert stats.loc["epa", "mean_candidates"] == 2 * split.n - 1
     assert (stats["true_pairs"] == split.n).all()
     assert stats.loc["epc", "false_pairs"] == split.n * (split.n - 1)
+
+
+def test_pools_refuse_an_unsorted_split(corpus: Path) -> None:
+    split = read_split(corpus, "test")
+    theme = int((split.queries["theme"] == split.queries["theme"][0]).sum())
+    order = np.r_[np.arange(1, theme), 0, np.arange(theme, split.n)]  # first pair to its theme's end: its debate splits
+    moved = dataclasses.replace(split, queries=split.queries.iloc[order].reset_index(drop=True),
+                                counters=split.counters.iloc[order].reset_index(drop=True))
+    with pytest.raises(ValueError, match="debate groups are not contiguous"):
+        TaskPools(moved)
+    with pytest.raises(ValueError, match="theme groups are not contiguous"):
+        TaskPools(dataclasses.replace(moved, queries=moved.queries.iloc[np.r_[1:split.n, 0]].reset_index(drop=True)))
+    assert TaskPools(split).bounds["debate"][0][0] == 0
