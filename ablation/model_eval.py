@@ -35,20 +35,18 @@ def encode_sides(model: BiEncoder, data: TokenizedSplit, pad_id: int, batch_size
     return q, c
 
 
-def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device, chunk: int = 16384) -> PairScorer:
-    """A scorer that runs the pair classifier on many (query, candidate) index pairs at once."""
-    tq = {k: torch.as_tensor(v, device=device) for k, v in q.items()}
-    tc = {k: torch.as_tensor(v, device=device) for k, v in c.items()}
+def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device,
+                chunk: int | None = None) -> PairScorer:
+    """A scorer that runs the pair classifier on many (query, candidate) index pairs at once. On CPU the
+    pairs go in chunks of 1024, whose gathered rows (2 MiB) stay in a core's L2 cache."""
+    margin = model.classifier.indexed({k: torch.as_tensor(v, device=device) for k, v in q.items()},
+                                      {k: torch.as_tensor(v, device=device) for k, v in c.items()})
+    chunk = chunk or (1024 if device.type == "cpu" else 1 << 16)
 
     @torch.no_grad()
     def score(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
-        out = []
-        for s in range(0, len(qi), chunk):
-            a = torch.as_tensor(qi[s : s + chunk], device=device)
-            b = torch.as_tensor(ci[s : s + chunk], device=device)
-            logits = model.classifier.indexed(tq, tc, a, b)
-            out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+        m = margin(torch.as_tensor(qi, device=device), torch.as_tensor(ci, device=device), chunk)
+        return m.sigmoid_().cpu().numpy()
 
     return score
 

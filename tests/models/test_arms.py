@@ -90,11 +90,13 @@ def test_every_arm_starts_from_the_same_weights(arm: str) -> None:
         assert value == reference[f"checksum.{kind}"], part
 
 
-def test_indexed_pair_logits_equal_the_forward_pass() -> None:
+def test_indexed_pair_margins_give_the_forward_pass_probabilities() -> None:
     torch.manual_seed(0)
     m = _model("shared")
     q = {"proj": torch.randn(5, 8), "pool": torch.randn(5, 32)}
     c = {"proj": torch.randn(7, 8), "pool": torch.randn(7, 32)}
     qi, ci = torch.tensor([0, 4, 2, 2]), torch.tensor([6, 0, 3, 3])
     direct = m.classifier(q["proj"][qi], q["pool"][qi], c["proj"][ci], c["pool"][ci])
-    torch.testing.assert_close(m.classifier.indexed(q, c, qi, ci), direct, rtol=1e-5, atol=1e-5)
+    margin = m.classifier.indexed(q, c)(qi, ci)
+    torch.testing.assert_close(margin, direct[:, 1] - direct[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(margin.sigmoid(), direct.softmax(-1)[:, 1], rtol=1e-5, atol=1e-6)
