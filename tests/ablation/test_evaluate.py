@@ -73,3 +73,4 @@ def test_score_matrix_metrics() -> None:
     assert cos[0, 0] == pytest.approx(1.0) and cos[0, 1] == pytest.approx(0.0)
     l2 = score_matrix(q, c, "l2")
     assert l2[0, 0] == pytest.approx(-1.0) and l2[1, 1] == pytest.approx(-1.0)
+    assert l2[0, 1] == pytest.approx(-2.0)  # squared: the same order as the distance, no square root
