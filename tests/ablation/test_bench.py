@@ -12,7 +12,7 @@ from tests.ablation.test_train import smoke_config
 def test_old_per_pair_evaluator_gives_the_same_accuracy(corpus: Path) -> None:
     cfg = smoke_config()
     data = load_run_data(cfg, str(corpus))
-    result = p2_evaluation(cfg, data, data.test.split, repeats=1, old_repeats=2)
+    result = p2_evaluation(cfg, data, data.test.split, repeats=2)
     assert result["same_acc_at_1"] is True
     assert result["speedup"] > 1.0
     table = readable_table([result, neighbour_index(n=100, dim=8)])
