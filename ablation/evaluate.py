@@ -3,7 +3,8 @@
 Retrieval ranks every candidate of a task's pool by a similarity score. Rerank takes each query's top-K
 retrieved candidates and reorders them by a pair scorer's positive-class probability; candidates past K
 keep their retrieval rank. Ties count against the true candidate (pessimistic ranks), so a degenerate
-model that scores everything equally gets rank = pool size, never a lucky 1.
+model that scores everything equally gets rank = pool size, never a lucky 1, and a duplicate text of the
+true candidate (the corpus has a few) is never resolved in its favour.
 """
 
 from __future__ import annotations
@@ -129,15 +130,16 @@ def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> t
     return ranks.astype(np.int64), np.where(np.isfinite(top.values.numpy()), np.take_along_axis(cols, idx, axis=1), -1)
 
 
-def _rerank(top: np.ndarray, probs: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder each row of `top` by probability (retrieval order breaks ties); new true ranks and top-1."""
+def _rerank(top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder each row of `top` by probability, then retrieval score; where both tie (a duplicate text of
+    the true candidate), the true candidate goes last, as ties count against it in retrieval too. Returns
+    the new true ranks and top-1 columns."""
     n = top.shape[0]
     p = np.where(top >= 0, probs, -np.inf)
-    order = np.argsort(-p, axis=1, kind="stable")
+    order = np.lexsort((top == np.arange(n)[:, None], -top_scores, -p), axis=1)
     reordered = np.take_along_axis(top, order, axis=1)
     hit = reordered == np.arange(n)[:, None]
-    in_top = hit.any(axis=1)
-    ranks = np.where(in_top, hit.argmax(axis=1) + 1, retrieval_ranks)
+    ranks = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, retrieval_ranks)
     return ranks, reordered[:, 0]
 
 
@@ -180,7 +182,8 @@ def evaluate_scores(
         pairs, slots = _unique_pairs({task: np.arange(n)[:, None] * 2 * n + np.maximum(top, 0) for task, top in tops.items()}, n)
         probs = np.asarray(scorer(pairs // (2 * n), pairs % (2 * n)), dtype=np.float64)
         for task, top in tops.items():
-            reranked[task] = _rerank(top, probs[slots[task]], retrieval[task][0])
+            top_scores = np.take_along_axis(scores, np.maximum(top, 0), axis=1)
+            reranked[task] = _rerank(top, probs[slots[task]], top_scores, retrieval[task][0])
     metrics: dict[str, float] = {}
     ranks_by: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for mode, results in (("retrieval", retrieval), ("rerank", reranked)):

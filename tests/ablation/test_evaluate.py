@@ -74,3 +74,27 @@ def test_score_matrix_metrics() -> None:
     l2 = score_matrix(q, c, "l2")
     assert l2[0, 0] == pytest.approx(-1.0) and l2[1, 1] == pytest.approx(-1.0)
     assert l2[0, 1] == pytest.approx(-2.0)  # squared: the same order as the distance, no square root
+
+
+@pytest.mark.parametrize("twin", [1, 3])  # a same-stance and an opposite-stance counter of the query's debate
+def test_rerank_counts_a_duplicate_of_the_true_candidate_against_it(corpus: Path, twin: int) -> None:
+    split = read_split(corpus, "test")
+    n, query = split.n, 2
+    scores = np.random.default_rng(2).normal(size=(n, 2 * n)).astype(np.float32)
+    masks = TaskMasks(split)
+
+    def twin_scorer(q: np.ndarray, c: np.ndarray) -> np.ndarray:  # `twin` is a duplicate of the query's counter
+        return ((q == c) | ((q == query) & (c == twin))).astype(float)
+
+    def rerank_ranks(twin_score: float) -> dict[str, int]:
+        s = scores.copy()
+        s[query, query], s[query, twin] = 10.0, twin_score
+        rows = evaluate_scores(split, s, scorer=twin_scorer, rerank_k=5).per_query
+        rows = rows[(rows["mode"] == "rerank") & (rows["query_id"] == split.queries["id"][query])]
+        return dict(zip(rows["task"], rows["rank"].astype(int)))
+
+    # same probability and same retrieval score: wherever the twin is in the pool, the tie counts against
+    # the true candidate (top-k alone orders such ties arbitrarily: it gave 1 on some tasks, 2 on others)
+    assert rerank_ranks(10.0) == {task: 2 if masks.mask(task)[query, twin] else 1 for task in TASKS}
+    # same probability, lower retrieval score: the true candidate stays first
+    assert rerank_ranks(9.5) == {task: 1 for task in TASKS}
