@@ -5,6 +5,7 @@ Loading happens before any MLflow run is created, so a bad corpus or model fails
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -44,9 +45,8 @@ def _head(split: Split, limit: int | None) -> Split:
     """The first `limit` pairs (splits are sorted by theme and debate, so whole debates are kept first)."""
     if limit is None or limit >= split.n:
         return split
-    return Split(split.name, split.queries.iloc[:limit].reset_index(drop=True),
-                 split.counters.iloc[:limit].reset_index(drop=True), split.dropped_points,
-                 split.dropped_counters, split.digest)
+    return dataclasses.replace(split, queries=split.queries.iloc[:limit].reset_index(drop=True),
+                               counters=split.counters.iloc[:limit].reset_index(drop=True))
 
 
 def _tokenized(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedSplit:
