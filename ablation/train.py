@@ -172,7 +172,7 @@ class Trainer:
             rate = random_rate_at(epoch, cfg.negatives.random_rate, cfg.negatives.random_rate_decay)
             negs = mine(vectors[0], vectors[1], rate, self.neg_rng, cfg.negatives.index)
             refresh = time.perf_counter() - refresh
-            cache = (vectors[0].copy(), vectors[1].copy()) if cfg.negatives.reuse_train_embeddings else None
+            cache = vectors if cfg.negatives.reuse_train_embeddings else None  # mined already: update in place
             batches = bucketed_batches(lengths, cfg.train.batch_size, cfg.train.bucket_size, self.batch_rng)
             self.epoch_batches.append(batches)
             self.epoch_negatives.append(negs.index)
