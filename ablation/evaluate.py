@@ -19,7 +19,7 @@ import torch
 
 from ablation.config import TASKS
 from ablation.corpus import Split
-from ablation.tasks import TaskPools
+from ablation.tasks import POOLS, TaskPools
 
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(query indices [M], candidate indices [M]) → positive-class probability [M], all in one call."""
@@ -65,82 +65,96 @@ def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cos
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def pool_view(scores: np.ndarray, pools: TaskPools, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's pool scores, padded with −inf, and their candidate columns (−1 for padding)."""
-    n = scores.shape[0]
-    rows = np.arange(n)
-    c_lo, c_hi, p_lo, p_hi, exclude_self = pools.ranges(task)
-    len1, len2 = c_hi - c_lo, p_hi - p_lo
-    j = np.arange(int((len1 + len2).max()))[None, :]
-    in1 = j < len1[:, None]
-    valid = in1 | (j < (len1 + len2)[:, None])
-    cols = np.where(in1, c_lo[:, None] + j, p_lo[:, None] + j - len1[:, None])
-    if exclude_self:
-        valid &= cols != (n + rows)[:, None]
-    cols = np.where(valid, cols, -1)
-    return np.where(valid, np.take_along_axis(scores, np.maximum(cols, 0), axis=1), -np.inf), cols
+class _Windows:
+    """Ranks and top-k candidates of every query within parts of its pool, from windows of the score
+    matrix. A scope's window holds each query's scores against the counters and the points of its debate,
+    its theme or the whole split, as ``n × 2 × w`` (w: the largest scope, −inf past each query's own); the
+    whole split is a view, never a copy. A part (counters or points of the scope, or of a stance block of
+    a debate) is ranked once and shared by the tasks that contain it (sdc/sda, stc/sta, epc/epa)."""
 
+    def __init__(self, scores: torch.Tensor, pools: TaskPools, k: int, tasks: Sequence[str]) -> None:
+        self.n = n = scores.shape[0]
+        self.joint = {POOLS[t][0] for t in tasks if POOLS[t][2] == "scope"}  # scopes whose points are needed
+        self.scores3 = scores.view(n, 2, n)  # [query, counters | points, index]
+        self.true = scores.diagonal()
+        self.pools, self.k = pools, k
+        self.windows: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.parts: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-def _block_part(scores: np.ndarray, lo: int, hi: int, points: bool, true: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries lo..hi against counters lo..hi, or against points lo..hi except each query itself: their
-    share of the pessimistic rank, top-k scores and columns. Works on a view of `scores`, never a copy."""
-    n = scores.shape[0]
-    off = n + lo if points else lo
-    block = torch.from_numpy(scores[lo:hi, off : off + hi - lo])
-    t = torch.from_numpy(true[lo:hi])[:, None]
-    ranks = (block >= t).sum(1, dtype=torch.int32)  # int32: measured ~2x faster than the default int64 sum
-    vals, idx = torch.topk(block, min(k + points, hi - lo), dim=1)  # one spare for points: the query itself
-    if points:
-        ranks -= (torch.diagonal(block) >= t[:, 0]).int()
-        vals = vals.masked_fill(idx == torch.arange(hi - lo)[:, None], -torch.inf)
-    return ranks, vals, idx + off
+    def window(self, scope: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scope's ``n × 2 × w`` window and each query's first index in it."""
+        if scope not in self.windows:
+            lo, hi = (torch.from_numpy(b) for b in self.pools.group(scope, "scope"))
+            if scope is None:
+                self.windows[scope] = self.scores3, lo
+            else:
+                n, w = self.n, int((hi - lo).max())
+                j = torch.arange(w)
+                idx = (lo[:, None] + j).clamp_(max=n - 1)
+                win = self.scores3.gather(2, idx[:, None, :].expand(n, 2, w))
+                self.windows[scope] = win.masked_fill_((j >= (hi - lo)[:, None])[:, None, :], -torch.inf), lo
+        return self.windows[scope]
 
+    def part(self, scope: str | None, group: str, halves: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pessimistic ranks [n, h], top-(k+1) scores and columns [n, h, k+1] of the true candidate among
+        the group's counters (half 0) and/or points (half 1); points of the whole scope skip the query."""
+        key = (scope, group, halves)
+        if key in self.parts:
+            return self.parts[key]
+        win, lo = self.window(scope)
+        n, w = self.n, win.shape[2]
+        vals = win[:, halves[0] : halves[-1] + 1]  # a view: halves are (0,), (1,) or (0, 1)
+        if group != "scope":  # a stance block inside the debate window
+            g_lo, g_hi = (torch.from_numpy(b) - lo for b in self.pools.group(scope, group))
+            j = torch.arange(w)
+            vals = vals.masked_fill(((j < g_lo[:, None]) | (j >= g_hi[:, None]))[:, None, :], -torch.inf)
+        t = self.true[:, None, None]
+        ranks = (vals >= t).sum(2, dtype=torch.int32)  # int32: measured ~2x faster than the default int64 sum
+        top, idx = torch.topk(vals, min(self.k + 1, w), dim=2)
+        cols = idx + lo[:, None, None] + torch.tensor(halves)[None, :, None] * n
+        if group == "scope" and 1 in halves:  # the query itself is among its scope's points
+            h = halves.index(1)
+            rows = torch.arange(n)
+            ranks[:, h] -= (self.scores3[rows, 1, rows] >= self.true).int()
+            top[:, h].masked_fill_(cols[:, h] == rows[:, None] + n, -torch.inf)
+        self.parts[key] = ranks, top, cols
+        return self.parts[key]
 
-class _Blocks:
-    """Ranks and top-k of queries whose pool is a contiguous block (a theme, or the whole split). Each block
-    part is computed once: stc/sta and epc/epa share their counter parts."""
-
-    def __init__(self, scores: np.ndarray, true: np.ndarray, k: int) -> None:
-        self.scores, self.true, self.k = scores, true, k
-        self.parts: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def _part(self, lo: int, hi: int, points: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if (lo, hi, points) not in self.parts:
-            self.parts[lo, hi, points] = _block_part(self.scores, lo, hi, points, self.true, self.k)
-        return self.parts[lo, hi, points]
-
-    def retrieve(self, lo: int, hi: int, points: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Ranks and top-k columns of queries lo..hi (−1 pads short pools)."""
-        ranks, vals, cols = self._part(lo, hi, False)
-        if points:
-            p_ranks, p_vals, p_cols = self._part(lo, hi, True)
-            ranks = ranks + p_ranks
-            vals, pick = torch.topk(torch.cat([vals, p_vals], 1), min(self.k, 2 * (hi - lo) - 1), dim=1)
-            cols = torch.cat([cols, p_cols], 1).gather(1, pick)
-        top = np.full((hi - lo, self.k), -1, dtype=np.int64)
-        top[:, : cols.shape[1]] = np.where(np.isfinite(vals.numpy()), cols.numpy(), -1)
-        return ranks.numpy(), top
-
-
-def _retrieve(vals: np.ndarray, cols: np.ndarray, true: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pessimistic rank of the true candidate and the top-k columns, best first (−1 pads short pools)."""
-    ranks = (vals >= true[:, None]).sum(axis=1)
-    top = torch.topk(torch.from_numpy(np.ascontiguousarray(vals)), min(k, vals.shape[1]), dim=1, sorted=True)
-    idx = top.indices.numpy()
-    return ranks.astype(np.int64), np.where(np.isfinite(top.values.numpy()), np.take_along_axis(cols, idx, axis=1), -1)
+    def retrieve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """Ranks of the true candidate and top-k columns, best first (−1 pads short pools), of `task`."""
+        scope, counters, points = POOLS[task]
+        joint = counters == "scope" and scope in self.joint  # counters and points in one pass
+        c = self.part(scope, counters, (0, 1) if joint else (0,))
+        ranks, top, cols = (x[:, 0] for x in c)
+        if points is not None:
+            p = c if joint else self.part(scope, points, (1,))
+            ranks = ranks + p[0][:, -1]
+            top, cols = (torch.cat([a[:, 0], b[:, -1]], 1) for a, b in zip(c[1:], p[1:]))
+            top, pick = torch.topk(top, min(self.k, top.shape[1]), dim=1)
+            cols = cols.gather(1, pick)
+        top, cols = top[:, : self.k], cols[:, : self.k]
+        out = np.full((self.n, self.k), -1, dtype=np.int64)
+        out[:, : cols.shape[1]] = torch.where(torch.isfinite(top), cols, -1).numpy()
+        return ranks.numpy().astype(np.int64), out
 
 
 def _rerank(top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder each row of `top` by probability, then retrieval score; where both tie (a duplicate text of
-    the true candidate), the true candidate goes last, as ties count against it in retrieval too. Returns
-    the new true ranks and top-1 columns."""
-    n = top.shape[0]
+    """Reorder each row of `top` (any leading shape, rows of k columns; −1 pads) by probability, then
+    retrieval score; where both tie (a duplicate text of the true candidate), the true candidate goes last,
+    as ties count against it in retrieval too. Returns the new true ranks (the retrieval rank where the
+    true candidate is not in `top`) and top-1 columns. Counts, not sorts: 10 entries per row."""
+    n = top.shape[-2]
     p = np.where(top >= 0, probs, -np.inf)
-    order = np.lexsort((top == np.arange(n)[:, None], -top_scores, -p), axis=1)
-    reordered = np.take_along_axis(top, order, axis=1)
-    hit = reordered == np.arange(n)[:, None]
-    ranks = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, retrieval_ranks)
-    return ranks, reordered[:, 0]
+    is_true = top == np.arange(n)[:, None]
+    found = is_true.any(axis=-1)
+    t = is_true.argmax(axis=-1)[..., None]
+    p_t, s_t = np.take_along_axis(p, t, -1), np.take_along_axis(top_scores, t, -1)
+    beats = (p > p_t) | ((p == p_t) & (top_scores >= s_t) & ~is_true)
+    ranks = np.where(found, beats.sum(axis=-1) + 1, retrieval_ranks)
+    best = p == p.max(axis=-1, keepdims=True)
+    best &= top_scores == np.where(best, top_scores, -np.inf).max(axis=-1, keepdims=True)
+    first = np.where((best & ~is_true).any(axis=-1), (best & ~is_true).argmax(axis=-1), best.argmax(axis=-1))
+    return ranks, np.take_along_axis(top, first[..., None], -1)[..., 0]
 
 
 def _metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
@@ -162,28 +176,18 @@ def evaluate_scores(
     n = split.n
     if scores.shape != (n, 2 * n):
         raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
-    pools = TaskPools(split)
-    true = scores[np.arange(n), np.arange(n)]
-    blocks = _Blocks(scores, true, rerank_k)
-    retrieval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tops: dict[str, np.ndarray] = {}
-    for task in tasks:
-        if task[:2] in ("st", "ep"):  # big pools: contiguous blocks of the score matrix, no gather
-            bounds = sorted(set(zip(*pools.bounds["theme"]))) if task[:2] == "st" else [(0, n)]
-            ranks, top = np.empty(n, dtype=np.int64), np.empty((n, rerank_k), dtype=np.int64)
-            for lo, hi in bounds:
-                ranks[lo:hi], top[lo:hi] = blocks.retrieve(int(lo), int(hi), task.endswith("a"))
-        else:  # debate pools: small, gathered
-            ranks, top = _retrieve(*pool_view(scores, pools, task), true, rerank_k)
-        retrieval[task] = (ranks, top[:, 0])
-        tops[task] = top
+    scores = np.ascontiguousarray(scores)
+    windows = _Windows(torch.from_numpy(scores), TaskPools(split), rerank_k, tasks)
+    retrieval = {task: windows.retrieve(task) for task in tasks}  # task → (ranks, top-k columns)
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if scorer is not None:
-        pairs, slots = _unique_pairs({task: np.arange(n)[:, None] * 2 * n + np.maximum(top, 0) for task, top in tops.items()}, n)
+    if scorer is not None and retrieval:
+        top = np.stack([t for _, t in retrieval.values()])  # [task, query, k]
+        keys = np.arange(n)[:, None] * 2 * n + np.maximum(top, 0)  # flat (query, candidate) index
+        pairs, slots = _unique_pairs(keys)
         probs = np.asarray(scorer(pairs // (2 * n), pairs % (2 * n)), dtype=np.float64)
-        for task, top in tops.items():
-            top_scores = np.take_along_axis(scores, np.maximum(top, 0), axis=1)
-            reranked[task] = _rerank(top, probs[slots[task]], top_scores, retrieval[task][0])
+        ranks, top1 = _rerank(top, probs[slots], scores.ravel()[keys], np.stack([r for r, _ in retrieval.values()]))
+        reranked = {task: (ranks[i], top1[i]) for i, task in enumerate(retrieval)}
+    retrieval = {task: (ranks, top[:, 0]) for task, (ranks, top) in retrieval.items()}
     metrics: dict[str, float] = {}
     ranks_by: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for mode, results in (("retrieval", retrieval), ("rerank", reranked)):
@@ -198,17 +202,12 @@ def evaluate_scores(
     return EvalResult(metrics=metrics, ranks=ranks_by, split=split)
 
 
-def _unique_pairs(keys: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Sorted unique flat (query, candidate) keys of all tasks, and where each task's keys sit among them:
-    a pair in several tasks' top-K is scored once. A mark array over the n × 2n grid is ~4× faster than
-    sorting; it is the size of the score matrix in bytes/4 (bool) and, touched sparsely, in int32."""
-    mark = np.zeros(n * 2 * n, dtype=bool)
-    for k in keys.values():
-        mark[k] = True
-    pairs = np.flatnonzero(mark)
-    slot = np.empty(n * 2 * n, dtype=np.int32)
-    slot[pairs] = np.arange(len(pairs), dtype=np.int32)
-    return pairs, {task: slot[k] for task, k in keys.items()}
+def _unique_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique flat (query, candidate) keys, and each key's position among them: a pair in several
+    tasks' top-K is scored once. (A mark array over the n × 2n grid sorts nothing, but its fresh pages cost
+    more than the sort: ~4 k page faults per call.)"""
+    pairs, slots = torch.unique(torch.from_numpy(keys), sorted=True, return_inverse=True)
+    return pairs.numpy(), slots.numpy()
 
 
 def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:

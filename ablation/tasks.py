@@ -25,6 +25,20 @@ TASK_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+POOLS: dict[str, tuple[str | None, str, str | None]] = {
+    "sdoc": ("debate", "stance", None),
+    "sdc": ("debate", "scope", None),
+    "sdoa": ("debate", "stance", "other"),
+    "sda": ("debate", "scope", "scope"),
+    "stc": ("theme", "scope", None),
+    "sta": ("theme", "scope", "scope"),
+    "epc": (None, "scope", None),
+    "epa": (None, "scope", "scope"),
+}
+"""Each task's pool as (scope, counter group, point group) for `TaskPools.group`: the scope is the query's
+debate, theme or the whole split (None); points of the whole scope exclude the query itself."""
+
+
 class TaskMasks:
     """Builds task masks for one split from its theme/debate/stance codes (vectorised, no loops over pairs)."""
 
@@ -89,24 +103,25 @@ class TaskPools:
             hi = np.r_[lo[1:], n]
             self.bounds[name] = (lo[run], hi[run])
 
+    def group(self, scope: str | None, group: str) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) per query of a group of indices: the query's `scope` (its debate, its theme, or the
+        whole split for None) or, with a debate scope, the query's own stance block or the other one."""
+        n = self.n
+        lo, hi = self.bounds[scope] if scope else (np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64))
+        if group == "scope":
+            return lo, hi
+        s_lo, s_hi = self.bounds["stance"]
+        if group == "stance":
+            return s_lo, s_hi
+        own_first = s_lo == lo  # the other stance block of the debate: after or before the own one
+        return np.where(own_first, s_hi, lo), np.where(own_first, hi, s_lo)
+
     def ranges(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """(counter start, counter end, point start, point end, exclude self) per query; points offset by n."""
-        n = self.n
-        zero, full = np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
-        scope = {"sd": "debate", "st": "theme", "ep": None}[task[:2]]
-        lo, hi = self.bounds[scope] if scope else (zero, full)
-        if task in ("sdoc", "sdoa"):
-            c_lo, c_hi = self.bounds["stance"]
-        else:
-            c_lo, c_hi = lo, hi
-        if task == "sdoa":  # the other stance block of the debate: before or after the own one
-            own_first = c_lo == lo
-            p_lo, p_hi = np.where(own_first, c_hi, lo), np.where(own_first, hi, c_lo)
-        elif task.endswith("a"):
-            p_lo, p_hi = lo, hi
-        else:
-            p_lo, p_hi = zero, zero
-        return c_lo, c_hi, p_lo + n, p_hi + n, task in ("sda", "sta", "epa")
+        scope, counters, points = POOLS[task]
+        c_lo, c_hi = self.group(scope, counters)
+        p_lo, p_hi = self.group(scope, points) if points else (np.zeros(self.n, dtype=np.int64),) * 2
+        return c_lo, c_hi, p_lo + self.n, p_hi + self.n, points == "scope"
 
 
 def task_stats(split: Split, tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:

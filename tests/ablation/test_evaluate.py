@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ablation.config import TASKS
-from ablation.corpus import read_split
+from ablation.corpus import Split, read_split
 from ablation.evaluate import evaluate_scores, score_matrix
 from ablation.tasks import TaskMasks
 
@@ -16,6 +16,40 @@ from ablation.tasks import TaskMasks
 def _reference_rank(scores: np.ndarray, mask: np.ndarray, i: int) -> int:
     pool = np.flatnonzero(mask[i])
     return int(sum(scores[i, j] >= scores[i, i] for j in pool))
+
+
+def hashed_scorer(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """A deterministic pair scorer with distinct probabilities, unrelated to the retrieval scores."""
+    return np.sin(q * 12.9898 + c * 78.233) * 0.5 + 0.5
+
+
+def reference_ranks(split: Split, scores: np.ndarray, k: int) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per (mode, task): true ranks and top-1 columns, query by query from the dense task masks (scores
+    without ties): retrieval sorts the pool; rerank sorts its top k by `hashed_scorer`, then by score."""
+    masks, n, out = TaskMasks(split), split.n, {}
+    for task in TASKS:
+        mask = masks.mask(task)
+        ranks = {mode: np.zeros(n, dtype=np.int64) for mode in ("retrieval", "rerank")}
+        top1 = {mode: np.zeros(n, dtype=np.int64) for mode in ("retrieval", "rerank")}
+        for i in range(n):
+            pool = np.flatnonzero(mask[i])
+            order = pool[np.argsort(-scores[i, pool], kind="stable")]
+            ranks["retrieval"][i] = int(np.flatnonzero(order == i)[0]) + 1
+            top = order[:k]
+            top = top[np.lexsort((-scores[i, top], -hashed_scorer(np.full(len(top), i), top)))]
+            ranks["rerank"][i] = int(np.flatnonzero(top == i)[0]) + 1 if i in top else ranks["retrieval"][i]
+            top1["retrieval"][i], top1["rerank"][i] = order[0], top[0]
+        for mode in ranks:
+            out[mode, task] = ranks[mode], top1[mode]
+    return out
+
+
+def assert_matches_reference(split: Split, k: int, seed: int) -> None:
+    scores = np.random.default_rng(seed).normal(size=(split.n, 2 * split.n)).astype(np.float32)
+    result = evaluate_scores(split, scores, scorer=hashed_scorer, rerank_k=k)
+    for key, (ranks, top1) in reference_ranks(split, scores, k).items():
+        assert np.array_equal(result.ranks[key][0], ranks), key
+        assert np.array_equal(result.ranks[key][1], top1), key
 
 
 def test_metrics_match_a_per_query_reference(corpus: Path) -> None:
@@ -31,6 +65,11 @@ def test_metrics_match_a_per_query_reference(corpus: Path) -> None:
         assert result.metrics[f"retrieval/mrr/{task}"] == pytest.approx((1 / ranks).mean())
     # accuracy is over queries: every query appears once per task
     assert len(result.per_query) == split.n * len(TASKS)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])  # 40: past every debate pool, and most theme pools, of the fixture
+def test_ranks_and_top1_match_a_dense_reference(corpus: Path, k: int) -> None:
+    assert_matches_reference(read_split(corpus, "test"), k, seed=k)
 
 
 def test_perfect_and_constant_scores(corpus: Path) -> None:

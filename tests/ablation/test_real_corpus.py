@@ -37,16 +37,20 @@ def test_contiguous_pools_equal_the_masks_on_the_real_split(real_corpus: Path) -
     import numpy as np
 
     from ablation.config import TASKS
-    from ablation.evaluate import pool_view
     from ablation.tasks import TaskMasks, TaskPools
 
     s = read_split(real_corpus, "test")
     masks, pools = TaskMasks(s), TaskPools(s)
-    scores = np.zeros((s.n, 2 * s.n), dtype=np.float32)
+    cols = np.arange(2 * s.n)[None, :]
     for task in TASKS:
-        vals, cols = pool_view(scores, pools, task)
-        from_pools = np.zeros((s.n, 2 * s.n), dtype=bool)
-        rows = np.repeat(np.arange(s.n)[:, None], cols.shape[1], axis=1)
-        ok = (cols >= 0) & np.isfinite(vals)
-        from_pools[rows[ok], cols[ok]] = True
+        c_lo, c_hi, p_lo, p_hi, exclude_self = pools.ranges(task)
+        from_pools = ((cols >= c_lo[:, None]) & (cols < c_hi[:, None])) | ((cols >= p_lo[:, None]) & (cols < p_hi[:, None]))
+        if exclude_self:
+            from_pools[np.arange(s.n), s.n + np.arange(s.n)] = False
         assert np.array_equal(from_pools, masks.mask(task)), task
+
+
+def test_evaluation_matches_a_dense_reference_on_the_real_split(real_corpus: Path) -> None:
+    from tests.ablation.test_evaluate import assert_matches_reference
+
+    assert_matches_reference(read_split(real_corpus, "test"), k=10, seed=0)
