@@ -122,7 +122,7 @@ def _old_evaluate(split, q: dict, c: dict, classifier: torch.nn.Module, k: int, 
 
 def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: int) -> dict:
     """All 8 tasks on a split: vectorised vs per-pair loops, same embeddings and top-K. In each of `repeats`
-    rounds the per-pair evaluation (seconds) runs task by task, each task after a warm-up and two timed
+    rounds the per-pair evaluation (seconds) runs task by task, each task after a warm-up and three timed
     vectorised runs of all 8 tasks (milliseconds); the speed-up is the median over rounds of per-pair time /
     median vectorised time."""
     from ablation.model_eval import pair_scorer
@@ -149,7 +149,7 @@ def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: i
         round_new, round_old = [], 0.0
         for task in TASKS:  # vectorised runs before each task's per-pair run: drift in machine speed hits both alike
             new()  # warm-up after the per-pair loop
-            for _ in range(2):
+            for _ in range(3):
                 t = time.perf_counter()
                 new()
                 round_new.append(time.perf_counter() - t)
@@ -269,7 +269,7 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
     measures: list[Callable[[], dict]] = [
         lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "shared"), data, 6 if quick else 12),
         lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "unshared"), data, 6 if quick else 12),
-        lambda: p2_evaluation(cfg, data, full_test, 1 if quick else 3),
+        lambda: p2_evaluation(cfg, data, full_test, 1 if quick else 5),
         lambda: p3_refresh(cfg, data),
         lambda: neighbour_index(),
         lambda: p4_padding(cfg, data, full_test, (128, 256) if quick else (128, 256, 512), 96 if quick else 192),

@@ -11,12 +11,16 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import pandas as pd
 
 from ablation.errors import UserError
+
+if TYPE_CHECKING:
+    from ablation.tasks import TaskPools
 
 SPLITS = ("training", "validation", "test")
 FILE_RE = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
@@ -50,6 +54,14 @@ class Split:
     @property
     def candidate_texts(self) -> list[str]:
         return list(self.counters["text"]) + list(self.queries["text"])
+
+    @cached_property
+    def pools(self) -> TaskPools:
+        """Each task's candidate pools as index ranges: built on first use, once per split, as every
+        evaluation of the split (one per epoch) needs them."""
+        from ablation.tasks import TaskPools  # tasks builds on this module
+
+        return TaskPools(self)
 
 
 def resolve_corpus(cli_path: str | None = None, config_path: str | None = None) -> Path:

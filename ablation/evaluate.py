@@ -177,7 +177,7 @@ def evaluate_scores(
     if scores.shape != (n, 2 * n):
         raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
     scores = np.ascontiguousarray(scores)
-    windows = _Windows(torch.from_numpy(scores), TaskPools(split), rerank_k, tasks)
+    windows = _Windows(torch.from_numpy(scores), split.pools, rerank_k, tasks)
     retrieval = {task: windows.retrieve(task) for task in tasks}  # task → (ranks, top-k columns)
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if scorer is not None and retrieval:
