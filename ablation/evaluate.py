@@ -66,76 +66,92 @@ def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cos
 
 
 class _Windows:
-    """Ranks and top-k candidates of every query within parts of its pool, from windows of the score
-    matrix. A scope's window holds each query's scores against the counters and the points of its debate,
-    its theme or the whole split, as ``n × 2 × w`` (w: the largest scope, −inf past each query's own); the
-    whole split is a view, never a copy. A part (counters or points of the scope, or of a stance block of
-    a debate) is ranked once and shared by the tasks that contain it (sdc/sda, stc/sta, epc/epa)."""
+    """Ranks and top-k candidates of every query within its task pools, from windows of the score matrix.
+    A scope's window holds each query's scores against the counters and the points of its debate, its
+    theme or the whole split, as ``n × 2 × w`` (w: the largest scope, −inf past each query's own); the
+    whole split is a view, never a copy. Wide scopes rank their counters and points once for the tasks
+    that share them (stc/sta, epc/epa); debates (w ≤ 10 in the corpus) rank all four tasks in one stack."""
 
     def __init__(self, scores: torch.Tensor, pools: TaskPools, k: int, tasks: Sequence[str]) -> None:
         self.n = n = scores.shape[0]
-        self.joint = {POOLS[t][0] for t in tasks if POOLS[t][2] == "scope"}  # scopes whose points are needed
+        self.tasks = tuple(tasks)
         self.scores3 = scores.view(n, 2, n)  # [query, counters | points, index]
         self.true = scores.diagonal()
         self.pools, self.k = pools, k
-        self.windows: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
         self.parts: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.debate: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def window(self, scope: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scope's ``n × 2 × w`` window and each query's first index in it."""
-        if scope not in self.windows:
-            lo, hi = (torch.from_numpy(b) for b in self.pools.group(scope, "scope"))
-            if scope is None:
-                self.windows[scope] = self.scores3, lo
-            else:
-                n, w = self.n, int((hi - lo).max())
-                j = torch.arange(w)
-                idx = (lo[:, None] + j).clamp_(max=n - 1)
-                win = self.scores3.gather(2, idx[:, None, :].expand(n, 2, w))
-                self.windows[scope] = win.masked_fill_((j >= (hi - lo)[:, None])[:, None, :], -torch.inf), lo
-        return self.windows[scope]
+        """The scope's ``n × 2 × w`` window (w: its largest group, −inf past each query's own; the whole
+        split: a view) and each query's first index in it."""
+        lo, hi = (torch.from_numpy(b) for b in self.pools.group(scope, "scope"))
+        if scope is None:
+            return self.scores3, lo
+        n, w = self.n, int((hi - lo).max())
+        j = torch.arange(w)
+        win = self.scores3.gather(2, (lo[:, None] + j).clamp_(max=n - 1)[:, None, :].expand(n, 2, w))
+        return win.masked_fill_((j >= (hi - lo)[:, None])[:, None, :], -torch.inf), lo
 
-    def part(self, scope: str | None, group: str, halves: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pessimistic ranks [n, h], top-(k+1) scores and columns [n, h, k+1] of the true candidate among
-        the group's counters (half 0) and/or points (half 1); points of the whole scope skip the query."""
-        key = (scope, group, halves)
-        if key in self.parts:
-            return self.parts[key]
+    def _top(self, top: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
+        """Top-k columns as a numpy array, −1 where the pool ran out (−inf scores)."""
+        out = np.full((*top.shape[:-1], self.k), -1, dtype=np.int64)
+        out[..., : top.shape[-1]] = torch.where(torch.isfinite(top), cols, -1).numpy()
+        return out
+
+    def part(self, scope: str | None, halves: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pessimistic ranks [n, h] of the true candidate, top-(k+1) scores and columns [n, h, k+1] among
+        the scope's counters (half 0) and/or points (half 1, without the query itself)."""
+        if (scope, halves) in self.parts:
+            return self.parts[scope, halves]
         win, lo = self.window(scope)
         n, w = self.n, win.shape[2]
-        vals = win[:, halves[0] : halves[-1] + 1]  # a view: halves are (0,), (1,) or (0, 1)
-        if group != "scope":  # a stance block inside the debate window
-            g_lo, g_hi = (torch.from_numpy(b) - lo for b in self.pools.group(scope, group))
-            j = torch.arange(w)
-            vals = vals.masked_fill(((j < g_lo[:, None]) | (j >= g_hi[:, None]))[:, None, :], -torch.inf)
-        t = self.true[:, None, None]
-        ranks = (vals >= t).sum(2, dtype=torch.int32)  # int32: measured ~2x faster than the default int64 sum
+        vals = win[:, halves[0] : halves[-1] + 1]  # a view: halves are (0,) or (0, 1)
+        ranks = (vals >= self.true[:, None, None]).sum(2, dtype=torch.int32)  # int32: measured ~2x faster
         top, idx = torch.topk(vals, min(self.k + 1, w), dim=2)
         cols = idx + lo[:, None, None] + torch.tensor(halves)[None, :, None] * n
-        if group == "scope" and 1 in halves:  # the query itself is among its scope's points
-            h = halves.index(1)
+        if 1 in halves:
             rows = torch.arange(n)
-            ranks[:, h] -= (self.scores3[rows, 1, rows] >= self.true).int()
-            top[:, h].masked_fill_(cols[:, h] == rows[:, None] + n, -torch.inf)
-        self.parts[key] = ranks, top, cols
-        return self.parts[key]
+            ranks[:, 1] -= (self.scores3[rows, 1, rows] >= self.true).int()
+            top[:, 1].masked_fill_(cols[:, 1] == rows[:, None] + n, -torch.inf)
+        self.parts[scope, halves] = ranks, top, cols
+        return self.parts[scope, halves]
+
+    def debates(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Ranks and top-k columns of every requested debate task, from one stack of task masks over the
+        debate window: a few operations in all instead of a few per task."""
+        if self.debate is None:
+            win, lo = self.window("debate")
+            n, w = self.n, win.shape[2]
+            j = torch.arange(w)
+            groups = {}
+            for group in ("scope", "stance", "other"):
+                g_lo, g_hi = (torch.from_numpy(b) - lo for b in self.pools.group("debate", group))
+                groups[group] = (j >= g_lo[:, None]) & (j < g_hi[:, None])
+            tasks = [t for t in self.tasks if POOLS[t][0] == "debate"]
+            masks = torch.zeros(len(tasks), n, 2, w, dtype=torch.bool)
+            for mask, task in zip(masks, tasks):
+                _, counters, points = POOLS[task]
+                mask[:, 0] = groups[counters]
+                if points:
+                    mask[:, 1] = groups[points] & (j != (torch.arange(n) - lo)[:, None])
+            vals = win.masked_fill(~masks, -torch.inf).view(len(tasks), n, 2 * w)
+            ranks = (vals >= self.true[:, None]).sum(2).numpy()
+            top, idx = torch.topk(vals, min(self.k, 2 * w), dim=2)
+            top_cols = self._top(top, idx // w * n + lo[:, None] + idx % w)
+            self.debate = {task: (ranks[i], top_cols[i]) for i, task in enumerate(tasks)}
+        return self.debate
 
     def retrieve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of the true candidate and top-k columns, best first (−1 pads short pools), of `task`."""
-        scope, counters, points = POOLS[task]
-        joint = counters == "scope" and scope in self.joint  # counters and points in one pass
-        c = self.part(scope, counters, (0, 1) if joint else (0,))
-        ranks, top, cols = (x[:, 0] for x in c)
-        if points is not None:
-            p = c if joint else self.part(scope, points, (1,))
-            ranks = ranks + p[0][:, -1]
-            top, cols = (torch.cat([a[:, 0], b[:, -1]], 1) for a, b in zip(c[1:], p[1:]))
-            top, pick = torch.topk(top, min(self.k, top.shape[1]), dim=1)
-            cols = cols.gather(1, pick)
-        top, cols = top[:, : self.k], cols[:, : self.k]
-        out = np.full((self.n, self.k), -1, dtype=np.int64)
-        out[:, : cols.shape[1]] = torch.where(torch.isfinite(top), cols, -1).numpy()
-        return ranks.numpy().astype(np.int64), out
+        scope, _, points = POOLS[task]
+        if scope == "debate":
+            return self.debates()[task]
+        both = any(POOLS[t][0] == scope and POOLS[t][2] for t in self.tasks)  # counters and points in one pass
+        ranks, top, cols = self.part(scope, (0, 1) if both else (0,))
+        if points is None:
+            return ranks[:, 0].numpy().astype(np.int64), self._top(top[:, 0, : self.k], cols[:, 0, : self.k])
+        top, pick = torch.topk(top.flatten(1), min(self.k, top.shape[1] * top.shape[2]), dim=1)
+        return ranks.sum(1).numpy().astype(np.int64), self._top(top, cols.flatten(1).gather(1, pick))
 
 
 def _rerank(top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -75,3 +75,10 @@ def test_pools_refuse_an_unsorted_split(corpus: Path) -> None:
     with pytest.raises(ValueError, match="theme groups are not contiguous"):
         TaskPools(dataclasses.replace(moved, queries=moved.queries.iloc[np.r_[1:split.n, 0]].reset_index(drop=True)))
     assert TaskPools(split).bounds["debate"][0][0] == 0
+
+
+def test_a_split_builds_its_pools_once(corpus: Path) -> None:
+    split = read_split(corpus, "test")
+    assert split.pools is split.pools  # every epoch's evaluation reuses them
+    head = dataclasses.replace(split, queries=split.queries.iloc[:6], counters=split.counters.iloc[:6])
+    assert head.pools is not split.pools and head.pools.n == 6
