@@ -154,14 +154,24 @@ class _Windows:
         return ranks.sum(1).numpy().astype(np.int64), self._top(top, cols.flatten(1).gather(1, pick))
 
 
+def _top1(top: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The retrieved top-1 column; where the true candidate shares the best score with another (top-k's
+    order of ties is arbitrary), that other one, as ties count against the true candidate."""
+    return np.where((top[:, 0] == np.arange(len(top))) & (ranks > 1), top[:, 1], top[:, 0])
+
+
 def _rerank(top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder each row of `top` (any leading shape, rows of k columns; −1 pads) by probability, then
     retrieval score; where both tie (a duplicate text of the true candidate), the true candidate goes last,
     as ties count against it in retrieval too. Returns the new true ranks (the retrieval rank where the
     true candidate is not in `top`) and top-1 columns. Counts, not sorts: 10 entries per row."""
-    n = top.shape[-2]
-    p = np.where(top >= 0, probs, -np.inf)
+    n, k = top.shape[-2:]
     is_true = top == np.arange(n)[:, None]
+    # a true candidate past rank k that top-k picked anyway, from a tie at the k-th score, is not in the
+    # top k under pessimistic ranks: it must not be reranked (nor be top-1)
+    tie_pick = is_true & (retrieval_ranks > k)[..., None]
+    is_true &= ~tie_pick
+    p = np.where((top >= 0) & ~tie_pick, probs, -np.inf)
     found = is_true.any(axis=-1)
     t = is_true.argmax(axis=-1)[..., None]
     p_t, s_t = np.take_along_axis(p, t, -1), np.take_along_axis(top_scores, t, -1)
@@ -193,17 +203,17 @@ def evaluate_scores(
     if scores.shape != (n, 2 * n):
         raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
     scores = np.ascontiguousarray(scores)
-    windows = _Windows(torch.from_numpy(scores), split.pools, rerank_k, tasks)
-    retrieval = {task: windows.retrieve(task) for task in tasks}  # task → (ranks, top-k columns)
+    windows = _Windows(torch.from_numpy(scores), split.pools, max(rerank_k, 2), tasks)  # 2: see _top1
+    retrieval = {task: windows.retrieve(task) for task in tasks}  # task → (ranks, top columns)
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if scorer is not None and retrieval:
-        top = np.stack([t for _, t in retrieval.values()])  # [task, query, k]
+        top = np.stack([t[:, :rerank_k] for _, t in retrieval.values()])  # [task, query, k]
         keys = np.arange(n)[:, None] * 2 * n + np.maximum(top, 0)  # flat (query, candidate) index
         pairs, slots = _unique_pairs(keys)
         probs = np.asarray(scorer(pairs // (2 * n), pairs % (2 * n)), dtype=np.float64)
         ranks, top1 = _rerank(top, probs[slots], scores.ravel()[keys], np.stack([r for r, _ in retrieval.values()]))
         reranked = {task: (ranks[i], top1[i]) for i, task in enumerate(retrieval)}
-    retrieval = {task: (ranks, top[:, 0]) for task, (ranks, top) in retrieval.items()}
+    retrieval = {task: (ranks, _top1(top, ranks)) for task, (ranks, top) in retrieval.items()}
     metrics: dict[str, float] = {}
     ranks_by: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for mode, results in (("retrieval", retrieval), ("rerank", reranked)):

@@ -137,3 +137,24 @@ def test_rerank_counts_a_duplicate_of_the_true_candidate_against_it(corpus: Path
     assert rerank_ranks(10.0) == {task: 2 if masks.mask(task)[query, twin] else 1 for task in TASKS}
     # same probability, lower retrieval score: the true candidate stays first
     assert rerank_ranks(9.5) == {task: 1 for task in TASKS}
+
+
+@pytest.mark.parametrize(("query", "twin"), [(0, 1), (1, 0)])  # the twin's column after, then before the true one
+def test_a_tie_at_the_kth_score_keeps_the_true_candidate_out_of_the_rerank(corpus: Path, query: int, twin: int) -> None:
+    split = read_split(corpus, "test")
+    n, other = split.n, 2  # counters 0-2: the query's debate and stance, so in every task's pool
+    scores = np.full((n, 2 * n), -10.0, dtype=np.float32)
+    scores[np.arange(n), np.arange(n)] = 10.0
+    scores[query], scores[query, other] = -10.0, 5.0
+    scores[query, query] = scores[query, twin] = 3.0  # the true counter ties with its twin: pessimistic rank 3
+
+    def oracle(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (q == c).astype(float)
+
+    for k, expected in ((2, 3), (3, 1)):  # past k, a tie must not let top-k's arbitrary order pick it
+        rows = evaluate_scores(split, scores, scorer=oracle, rerank_k=k).per_query
+        rows = rows[rows["query_id"] == split.queries["id"][query]]
+        retrieval, rerank = rows[rows["mode"] == "retrieval"], rows[rows["mode"] == "rerank"]
+        assert (retrieval["rank"] == 3).all() and (rerank["rank"] == expected).all(), (k, rerank)
+        assert (retrieval["top1_id"] == split.candidate_ids[other]).all()
+        assert (rerank["top1_id"] == split.candidate_ids[other if expected == 3 else query]).all(), k
