@@ -24,6 +24,7 @@ from ablation.corpus import REPO_ROOT, Split, read_split, resolve_corpus
 from ablation.data import RunData, load_run_data
 from ablation.encode import bucketed_batches, encode, pad_batch
 from ablation.evaluate import evaluate_scores, score_matrix
+from ablation.bench_table import readable_table
 from ablation.io import write_text_atomic
 from ablation.negatives import mine
 from ablation.recorder import MemoryRecorder
@@ -50,43 +51,46 @@ def p1_step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
     """Harness `_step` (recording + MLflow logging) vs a bare forward/backward/step on the same batches."""
     from ablation.tracking import Tracker
 
-    tmp = Path(tempfile.mkdtemp())
-    tracker = Tracker(f"sqlite:///{tmp / 'mlflow.db'}")
-    trainer = Trainer(cfg, data, MemoryRecorder())
-    q, c = trainer._train_vectors()
-    negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0)).index
-    batches = bucketed_batches([len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size,
-                               np.random.default_rng(0))[: steps + 1]
-    bare_model = build_model(cfg, data, trainer.device).train()  # from_pretrained leaves encoders in eval mode
-    bare_opt = torch.optim.Adam([p for p in bare_model.parameters() if p.requires_grad], lr=cfg.train.lr)
-    tr, pad = data.train, data.pad_id
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        trainer = Trainer(cfg, data, MemoryRecorder())
+        q, c = trainer._train_vectors()
+        negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0)).index
+        batches: list[np.ndarray] = []
+        rng = np.random.default_rng(0)
+        while len(batches) < steps + 1:  # as many epochs as the steps need
+            batches += bucketed_batches([len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size, rng)
+        batches = batches[: steps + 1]
+        bare_model = build_model(cfg, data, trainer.device).train()  # from_pretrained leaves encoders in eval mode
+        bare_opt = torch.optim.Adam([p for p in bare_model.parameters() if p.requires_grad], lr=cfg.train.lr)
+        tr, pad = data.train, data.pad_id
 
-    def bare(idx: np.ndarray) -> None:
-        b = [pad_batch([toks[i] for i in ids], pad) for toks, ids in
-             ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negs[idx]))]
-        out = bare_model(*[{k: v.to(trainer.device) for k, v in x.items()} for x in b])
-        loss = trainer.loss_fn(out)["total"]
-        bare_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in bare_model.parameters() if p.requires_grad], cfg.train.grad_clip)
-        bare_opt.step()
+        def bare(idx: np.ndarray) -> None:
+            b = [pad_batch([toks[i] for i in ids], pad) for toks, ids in
+                 ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negs[idx]))]
+            out = bare_model(*[{k: v.to(trainer.device) for k, v in x.items()} for x in b])
+            loss = trainer.loss_fn(out)["total"]
+            bare_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for p in bare_model.parameters() if p.requires_grad], cfg.train.grad_clip)
+            bare_opt.step()
 
-    harness_t, bare_t = [], []
-    with tracker.run("bench", "p1", {"role": "bench"}) as rec:
-        trainer.rec = rec
-        trainer._step(batches[0], negs, None)  # warm-up both
-        bare(batches[0])
-        for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
+        harness_t, bare_t = [], []
+        with tracker.run("bench", "p1", {"role": "bench"}) as rec:
+            trainer.rec = rec
+            trainer._step(batches[0], negs, None)  # warm-up both
+            bare(batches[0])
+            for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
+                t = time.perf_counter()
+                trainer._step(idx, negs, None)
+                harness_t.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                bare(idx)
+                bare_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            trainer._step(idx, negs, None)
-            harness_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            bare(idx)
-            bare_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        rec.flush()
-        flush = time.perf_counter() - t
+            rec.flush()
+            flush = time.perf_counter() - t
     ratio = statistics.median(h / b for h, b in zip(harness_t, bare_t))
     return {"id": "P1", "arm": cfg.model.sharing, "steps": len(harness_t), "harness_step_s": statistics.median(harness_t),
             "bare_step_s": statistics.median(bare_t), "final_flush_s": flush, "ratio": ratio, "goal": "<= 1.05",
@@ -229,10 +233,11 @@ def p5_studies(corpus: str | None) -> dict:
     from ablation.runner import run_study
     from ablation.tracking import resolve_tracking_uri
 
-    tmp = Path(tempfile.mkdtemp())
-    t = time.perf_counter()
-    run_study(load_config(SMOKE), corpus=corpus, tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", run_dir=str(tmp / "run"), report=True)
-    smoke = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        run_study(load_config(SMOKE), corpus=corpus, tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}", run_dir=str(Path(tmp) / "run"),
+                  report=True)
+        smoke = time.perf_counter() - t
     quick = None
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name("quick")
@@ -267,8 +272,8 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
     full_test = read_split(resolve_corpus(corpus, cfg.data.corpus), "test")
     results = {"device": describe_device(torch.device("cpu")), "torch_threads": torch.get_num_threads(), "results": []}
     measures: list[Callable[[], dict]] = [
-        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "shared"), data, 6 if quick else 12),
-        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "unshared"), data, 6 if quick else 12),
+        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "shared"), data, 6 if quick else 24),
+        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "unshared"), data, 6 if quick else 24),
         lambda: p2_evaluation(cfg, data, full_test, 1 if quick else 5),
         lambda: p3_refresh(cfg, data),
         lambda: neighbour_index(),
@@ -287,39 +292,3 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
     print(table)
     print(f"bench written: {path} and {path.with_suffix('.md')}")
     return results
-
-
-def _row(r: dict) -> tuple[str, str, str, str]:
-    """(id, what was measured, result, goal met?) of one measure."""
-    rid = r["id"]
-    if rid == "P1":
-        return (rid, f"{r['arm']} step: harness {r['harness_step_s']:.3f} s vs bare {r['bare_step_s']:.3f} s",
-                f"{r['ratio']:.3f}×", f"≤ 1.05: {'yes' if r['met'] else 'no'}")
-    if rid == "P2":
-        return (rid, f"8 tasks, {r['queries']} queries: {r['vectorised_s'] * 1000:.0f} ms vs {r['per_pair_loops_s']:.2f} s per pair, median of {r['rounds']} rounds"
-                f" ({min(r['round_speedups']):.0f}-{max(r['round_speedups']):.0f}×; same acc@1: {r['same_acc_at_1']})", f"{r['speedup']:.0f}×", f"≥ 100×: {'yes' if r['met'] else 'no'}")
-    if rid == "P3":
-        return (rid, f"refresh: re-encode {r['refresh_reencode_s']:.2f} s ({r['share_reencode']:.1%} of epoch) vs reuse "
-                f"{r['refresh_reuse_s'] * 1000:.1f} ms", f"{r['share_reuse']:.2%}", f"≤ 5 %: {'yes' if r['met'] else 'no'}")
-    if rid == "index":
-        return (rid, f"mining {r['queries']}×{r['candidates']}, dim {r['dim']}: BallTree {r['balltree_s']:.2f} s, brute "
-                f"{r['brute_s']:.2f} s", r["faster"], "choose the faster")
-    if rid == "P4":
-        parts = ", ".join(f"{L}: {v['ratio']:.2f}× ({v['truncated_share']:.0%} truncated)" for L, v in r["by_max_length"].items())
-        return (rid, f"tokens/s bucketed vs fixed padding by max_length — {parts}", f"{r['ratio']:.2f}×",
-                f"≥ 1.3×: {'yes' if r['met'] else 'no'}")
-    if rid == "P5":
-        quick = f"{r['quick_s_recorded']:.0f} s" if r["quick_s_recorded"] is not None else "not recorded (run make ablation)"
-        return (rid, f"smoke study {r['smoke_s']:.0f} s; quick study (last make ablation) {quick}", "", f"≤ 90 s / ≤ 900 s: "
-                f"{'yes' if r['met'] else 'no'}")
-    if rid == "P6":
-        return (rid, f"peak RSS of a quick run: shared {r['shared_peak_rss_mib']:.0f} MiB, unshared {r['unshared_peak_rss_mib']:.0f} MiB",
-                f"{r['ratio_unshared_over_shared']:.2f}×", "report")
-    return (rid, json.dumps(r), "", "")
-
-
-def readable_table(results: list[dict]) -> str:
-    """The results as a Markdown table."""
-    lines = ["| id | measure | result | goal |", "|---|---|---|---|"]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
-    return "\n".join(lines)

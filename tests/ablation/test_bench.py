@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.bench import neighbour_index, p2_evaluation, readable_table
+from ablation.bench import neighbour_index, p1_step_overhead, p2_evaluation
+from ablation.bench_table import readable_table
 from ablation.data import load_run_data
 from tests.ablation.test_train import smoke_config
 
@@ -23,3 +24,12 @@ def test_neighbour_index_timing_names_the_faster_one() -> None:
     result = neighbour_index(n=300, dim=16)
     assert result["faster"] in ("balltree", "brute")
     assert result["balltree_s"] > 0 and result["brute_s"] > 0
+
+
+def test_step_overhead_runs_as_many_steps_as_asked_across_epochs(corpus: Path) -> None:
+    cfg = smoke_config()
+    data = load_run_data(cfg, str(corpus))
+    per_epoch = -(-data.train.split.n // cfg.train.batch_size)
+    result = p1_step_overhead(cfg, data, steps=per_epoch + 2)
+    assert result["steps"] == per_epoch + 2
+    assert result["harness_step_s"] > 0 and result["bare_step_s"] > 0 and result["ratio"] > 0
