@@ -19,12 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ablation.bench_table import readable_table
 from ablation.config import TASKS, ExperimentConfig, load_config, replace_path
 from ablation.corpus import REPO_ROOT, Split, read_split, resolve_corpus
 from ablation.data import RunData, load_run_data
 from ablation.encode import bucketed_batches, encode, pad_batch
 from ablation.evaluate import evaluate_scores, score_matrix
-from ablation.bench_table import readable_table
 from ablation.io import write_text_atomic
 from ablation.negatives import mine
 from ablation.recorder import MemoryRecorder
