@@ -55,7 +55,7 @@ def p1_step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
         tracker = Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         trainer = Trainer(cfg, data, MemoryRecorder())
         q, c = trainer._train_vectors()
-        negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0)).index
+        negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0), trainer.forbidden).index
         batches: list[np.ndarray] = []
         rng = np.random.default_rng(0)
         while len(batches) < steps + 1:  # as many epochs as the steps need
@@ -173,9 +173,9 @@ def p3_refresh(cfg: ExperimentConfig, data: RunData) -> dict:
     """Negative refresh by re-encoding the training set vs reusing training-pass vectors, against epoch time."""
     trainer = Trainer(replace_path(cfg, "train.epochs", 1), data, MemoryRecorder(), test=False)
     rng = np.random.default_rng(0)
-    reencode = _median_time(lambda: mine(*trainer._train_vectors(), 0.5, rng), repeats=2, warmup=0)
+    reencode = _median_time(lambda: mine(*trainer._train_vectors(), 0.5, rng, trainer.forbidden), repeats=2, warmup=0)
     q, c = trainer._train_vectors()
-    reuse = _median_time(lambda: mine(q, c, 0.5, rng), repeats=5)
+    reuse = _median_time(lambda: mine(q, c, 0.5, rng, trainer.forbidden), repeats=5)
     rec = MemoryRecorder()
     trainer.rec = rec
     trainer.fit()
@@ -192,9 +192,10 @@ def neighbour_index(data: RunData | None = None, n: int = 4065, dim: int = 128) 
     rng = np.random.default_rng(0)
     q = rng.normal(size=(n, dim)).astype(np.float32)
     c = rng.normal(size=(2 * n, dim)).astype(np.float32)
-    from ablation.negatives import nearest_allowed
+    from ablation.negatives import Forbidden, nearest_allowed
 
-    times = {name: _median_time(lambda name=name: nearest_allowed(q, c, name), repeats=3) for name in ("balltree", "brute")}
+    forbidden = Forbidden.from_codes(np.arange(2 * n))
+    times = {name: _median_time(lambda name=name: nearest_allowed(q, c, forbidden, name), repeats=3) for name in ("balltree", "brute")}
     return {"id": "index", "queries": n, "candidates": 2 * n, "dim": dim, **{f"{k}_s": v for k, v in times.items()},
             "faster": min(times, key=times.get)}
 

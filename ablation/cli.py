@@ -21,10 +21,15 @@ def _common_tracking(p: argparse.ArgumentParser) -> None:
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
     from ablation.corpus import read_split, resolve_corpus
+    from ablation.slices import query_slices, training_texts
     from ablation.tasks import task_stats
 
-    split = read_split(resolve_corpus(args.corpus), args.split, themes=args.themes or ())
+    path = resolve_corpus(args.corpus)
+    split = read_split(path, args.split, themes=args.themes or ())
     table = task_stats(split)
+    slices = query_slices(split, training_texts(path) if args.split != "training" else None)
+    for name, masks in slices.items():
+        table.insert(len(table.columns) - 1, f"{name}_queries", [int(masks[t].sum()) for t in table["task"]])
     if args.format == "json":
         print(json.dumps({
             "split": split.name, "pairs": split.n, "dropped_points": split.dropped_points,
@@ -34,7 +39,8 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     else:
         print(f"split {split.name}: {split.n} point/counter pairs "
               f"({split.dropped_points} points and {split.dropped_counters} counters without a partner dropped)")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}",
+                              formatters={c: "{:,}".format for c in table.columns if table[c].dtype.kind == "i"}))
     return 0
 
 
@@ -44,15 +50,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ablation.evaluate import metrics_table
     from ablation.io import write_csv_atomic
     from ablation.runtime import resolve_device
+    from ablation.slices import query_slices, training_texts
     from ablation.zeroshot import zero_shot
 
     if not args.zero_shot:
         raise UserError("evaluate: only --zero-shot is supported here; trained arms are evaluated by `ablation train`")
     if not 8 <= args.max_length <= 512:
         raise UserError(f"evaluate: --max-length must be in [8, 512], got {args.max_length}")
-    split = read_split(resolve_corpus(args.corpus), args.split)
+    path = resolve_corpus(args.corpus)
+    split = read_split(path, args.split)
     model_cfg = ModelConfig(name=args.model, max_length=args.max_length, pooling="mean")
-    result = zero_shot(split, model_cfg, EvalConfig(batch_size=args.batch_size), resolve_device(args.device))
+    slices = query_slices(split, training_texts(path) if args.split != "training" else None)
+    result = zero_shot(split, model_cfg, EvalConfig(batch_size=args.batch_size), resolve_device(args.device), slices)
     if args.per_query_csv:
         write_csv_atomic(result.per_query, args.per_query_csv)
     if args.format == "json":
@@ -91,7 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ablation.report import build_report
+    from ablation.report.build import build_report
 
     paths = build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
     print(f"report written: {paths.html}")

@@ -56,6 +56,7 @@ class ModelConfig:
     proj_dim: int = field(default=128, metadata=_range(1))
     freeze_embeddings: bool = False
     freeze_layers: int = field(default=0, metadata=_range(0))  # bottom transformer layers to freeze
+    head_init: Literal["pca", "random"] = "pca"  # pca: top principal components of the pooled training texts
     tiny: TinyBertConfig = TinyBertConfig()
 
 
@@ -80,10 +81,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class NegativesConfig:
-    """Hard-negative mining with a decaying share of random negatives."""
+    """Hard-negative mining with a scheduled share of random negatives: the rate goes linearly from
+    `random_rate` at the first step to `random_rate_final` at the last (None: constant)."""
 
     random_rate: float = field(default=0.8, metadata=_range(0.0, 1.0))
-    random_rate_decay: float = field(default=0.02, metadata=_range(0.0, 1.0))
+    random_rate_final: float | None = field(default=None, metadata=_range(0.0, 1.0))
     reuse_train_embeddings: bool = False
     index: Literal["auto", "balltree", "brute"] = "auto"
 
@@ -124,8 +126,8 @@ class StudyConfig:
     arms: tuple[str, ...] = ("shared", "unshared")
     n_trials: int = field(default=4, metadata=_range(0))
     seeds: tuple[int, ...] = (1, 2, 3)
-    tuning_seed: int = 0
-    objective: str = "val/rerank/acc_at_1/mean"
+    tuning_seed: int = field(default=0, metadata=_range(0))  # trials train under it, and TPE samples with it
+    objective: str = "val/retrieval/acc_at_1/mean"  # the bi-encoder itself; the reranker is reported beside it
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: int = field(default=1, metadata=_range(0))
@@ -133,7 +135,7 @@ class StudyConfig:
     search_space: dict[str, SearchParam] = field(
         default_factory=lambda: {
             "negatives.random_rate": SearchParam(0.0, 1.0),
-            "negatives.random_rate_decay": SearchParam(0.0, 0.1),
+            "negatives.random_rate_final": SearchParam(0.0, 1.0),
         }
     )
     storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir

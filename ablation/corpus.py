@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ablation.errors import UserError
@@ -56,12 +57,41 @@ class Split:
         return list(self.counters["text"]) + list(self.queries["text"])
 
     @cached_property
+    def text_codes(self) -> np.ndarray:
+        """Per candidate (counters, then points), a code shared by exactly the candidates of equal text."""
+        return text_codes(self.candidate_texts)
+
+    def copies(self, of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (row, column) with ``text_codes[column] == text_codes[of[row]]`` and ``column != of[row]``:
+        the other candidates whose text equals that of candidate ``of[row]`` (columns ascending per row)."""
+        codes = self.text_codes
+        order = np.argsort(codes, kind="stable")
+        lo = np.searchsorted(codes[order], codes[of], side="left")
+        hi = np.searchsorted(codes[order], codes[of], side="right")
+        sizes = hi - lo
+        rows = np.repeat(np.arange(len(of)), sizes)
+        cols = order[np.repeat(lo, sizes) + np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)]
+        keep = cols != of[rows]
+        return rows[keep], cols[keep]
+
+    @cached_property
     def pools(self) -> TaskPools:
         """Each task's candidate pools as index ranges: built on first use, once per split, as every
         evaluation of the split (one per epoch) needs them."""
         from ablation.tasks import TaskPools  # tasks builds on this module
 
         return TaskPools(self)
+
+
+def normalize_text(text: str) -> str:
+    """A text as compared for identity: runs of white space folded to one space, ends stripped. The corpus
+    repeats arguments under several debates and themes with differing line breaks."""
+    return " ".join(text.split())
+
+
+def text_codes(texts: Sequence[str]) -> np.ndarray:
+    """One integer per text, equal exactly where the normalised texts are equal."""
+    return pd.factorize(pd.Series([normalize_text(t) for t in texts], dtype=object))[0]
 
 
 def resolve_corpus(cli_path: str | None = None, config_path: str | None = None) -> Path:

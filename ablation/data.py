@@ -13,16 +13,19 @@ from transformers import PreTrainedTokenizerBase
 from ablation.config import ExperimentConfig
 from ablation.corpus import Split, read_split, resolve_corpus
 from ablation.encode import Tokens, tokenize
+from ablation.slices import Slices, query_slices, training_texts
 from models.backbone import load_tokenizer
 
 
 @dataclass(frozen=True)
 class TokenizedSplit:
-    """A split with token ids of its queries (points) and its candidates (counters, then points)."""
+    """A split with token ids of its queries (points) and its candidates (counters, then points), and the
+    query slices its results are also reported on."""
 
     split: Split
     query_tokens: Tokens
     cand_tokens: Tokens
+    slices: Slices = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,11 @@ def _head(split: Split, limit: int | None) -> Split:
                                counters=split.counters.iloc[:limit].reset_index(drop=True))
 
 
-def _tokenized(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedSplit:
+def _tokenized(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int,
+               seen: frozenset[str] | None = None) -> TokenizedSplit:
     q = tokenize(tokenizer, list(split.queries["text"]), max_length)
     c = tokenize(tokenizer, list(split.counters["text"]), max_length)
-    return TokenizedSplit(split, q, c + q)
+    return TokenizedSplit(split, q, c + q, query_slices(split, seen) if seen is not None else {})
 
 
 def load_run_data(cfg: ExperimentConfig, corpus: str | None = None) -> RunData:
@@ -62,8 +66,9 @@ def load_run_data(cfg: ExperimentConfig, corpus: str | None = None) -> RunData:
     train = _head(read_split(path, "training", **kw), cfg.train.max_train_queries)
     val = _head(read_split(path, "validation", **kw), cfg.eval.max_val_queries)
     test = read_split(path, "test", **kw)
+    seen = training_texts(path)  # the whole training split, whatever part of it this run trains on
     tokenizer = load_tokenizer(cfg.model)
     L = cfg.model.max_length
     digest = "-".join(s.digest[:12] for s in (train, val, test))
-    return RunData(tokenizer, _tokenized(train, tokenizer, L), _tokenized(val, tokenizer, L),
-                   _tokenized(test, tokenizer, L), str(path), digest)
+    return RunData(tokenizer, _tokenized(train, tokenizer, L), _tokenized(val, tokenizer, L, seen),
+                   _tokenized(test, tokenizer, L, seen), str(path), digest)

@@ -3,13 +3,13 @@
 Retrieval ranks every candidate of a task's pool by a similarity score. Rerank takes each query's top-K
 retrieved candidates and reorders them by a pair scorer's positive-class probability; candidates past K
 keep their retrieval rank. Ties count against the true candidate (pessimistic ranks), so a degenerate
-model that scores everything equally gets rank = pool size, never a lucky 1, and a duplicate text of the
-true candidate (the corpus has a few) is never resolved in its favour.
+model that scores everything equally gets rank = pool size, never a lucky 1. Copies of the true counter's
+text are out of every pool (`tasks`); metrics are also given per query slice (`slices`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Sequence
 
@@ -19,6 +19,7 @@ import torch
 
 from ablation.config import TASKS
 from ablation.corpus import Split
+from ablation.slices import Slices
 from ablation.tasks import POOLS, TaskPools
 
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -27,12 +28,20 @@ PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class EvalResult:
-    """Metrics keyed ``<mode>/<metric>/<task>`` (plus ``.../mean`` over tasks), and per (mode, task) each
-    query's rank of the true candidate and top-1 candidate column."""
+    """Metrics keyed ``<mode>/<metric>/<task>`` (plus ``.../mean`` over tasks) on all queries and
+    ``<slice>/<mode>/<metric>/<task>`` on each slice, and per (mode, task) each query's rank of the true
+    candidate and top-1 candidate column."""
 
     metrics: dict[str, float]
     ranks: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     split: Split
+    slices: Slices = field(default_factory=dict)
+
+    @property
+    def slice_sizes(self) -> dict[str, int]:
+        """``<slice>/queries/<task>``: how many queries each slice holds."""
+        return {f"{name}/queries/{task}": int(mask.sum()) for name, masks in self.slices.items()
+                for task, mask in masks.items()}
 
     @cached_property
     def per_query(self) -> pd.DataFrame:
@@ -40,13 +49,16 @@ class EvalResult:
         validation passes need only the metrics."""
         n, keys = self.split.n, list(self.ranks)
         cand_ids = np.asarray(self.split.candidate_ids, dtype=object)
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "query_id": np.tile(self.split.queries["id"].to_numpy(), len(keys)),
             "task": np.repeat([task for _, task in keys], n),
             "mode": np.repeat([mode for mode, _ in keys], n),
             "rank": np.concatenate([r for r, _ in self.ranks.values()]) if keys else np.zeros(0, dtype=np.int64),
             "top1_id": cand_ids[np.concatenate([t for _, t in self.ranks.values()])] if keys else np.zeros(0, dtype=object),
         })
+        for name, masks in self.slices.items():
+            frame[name] = np.concatenate([masks[task] for _, task in keys]) if keys else np.zeros(0, dtype=bool)
+        return frame
 
 
 def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cosine") -> np.ndarray:
@@ -197,12 +209,18 @@ def evaluate_scores(
     ks: Sequence[int] = (1, 5, 10),
     scorer: PairScorer | None = None,
     rerank_k: int = 10,
+    slices: Slices | None = None,
 ) -> EvalResult:
-    """Metrics of a ``n × 2n`` score matrix on every task; with `scorer`, reranked metrics too."""
+    """Metrics of a ``n × 2n`` score matrix on every task, on all queries and on each of `slices`; with
+    `scorer`, reranked metrics too."""
     n = split.n
     if scores.shape != (n, 2 * n):
         raise ValueError(f"scores must be {n}×{2 * n}, got {scores.shape}")
     scores = np.ascontiguousarray(scores)
+    rows, cols = split.pools.excluded
+    if len(rows):  # copies of the true counter: below every pool member, so neither ranked nor retrieved
+        scores = scores.copy()
+        scores[rows, cols] = -np.inf
     windows = _Windows(torch.from_numpy(scores), split.pools, max(rerank_k, 2), tasks)  # 2: see _top1
     retrieval = {task: windows.retrieve(task) for task in tasks}  # task → (ranks, top columns)
     reranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -214,18 +232,20 @@ def evaluate_scores(
         ranks, top1 = _rerank(top, probs[slots], scores.ravel()[keys], np.stack([r for r, _ in retrieval.values()]))
         reranked = {task: (ranks[i], top1[i]) for i, task in enumerate(retrieval)}
     retrieval = {task: (ranks, _top1(top, ranks)) for task, (ranks, top) in retrieval.items()}
+    slices = {name: {t: masks[t] for t in retrieval} for name, masks in (slices or {}).items()}
     metrics: dict[str, float] = {}
     ranks_by: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for mode, results in (("retrieval", retrieval), ("rerank", reranked)):
-        if not results:
-            continue
-        for task, (ranks, top1) in results.items():
-            for name, value in _metrics(ranks, ks).items():
-                metrics[f"{mode}/{name}/{task}"] = value
-            ranks_by[mode, task] = (ranks, top1)
-        for name in _metrics(np.ones(1), ks):
-            metrics[f"{mode}/{name}/mean"] = float(np.mean([metrics[f"{mode}/{name}/{t}"] for t in results]))
-    return EvalResult(metrics=metrics, ranks=ranks_by, split=split)
+        ranks_by.update({(mode, task): found for task, found in results.items()})
+        for prefix, masks in (("", None), *((f"{name}/", m) for name, m in slices.items())):
+            per_task = {task: _metrics(ranks if masks is None else ranks[masks[task]], ks)
+                        for task, (ranks, _) in results.items() if masks is None or masks[task].any()}
+            for task, values in per_task.items():
+                metrics.update({f"{prefix}{mode}/{name}/{task}": v for name, v in values.items()})
+            if per_task:
+                for name in _metrics(np.ones(1), ks):
+                    metrics[f"{prefix}{mode}/{name}/mean"] = float(np.mean([v[name] for v in per_task.values()]))
+    return EvalResult(metrics=metrics, ranks=ranks_by, split=split, slices=slices)
 
 
 def _unique_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,13 +257,15 @@ def _unique_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
-    """``<mode>/<metric>/<task>`` keys as a table: one row per (mode, task), one column per metric."""
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    """``[<slice>/]<mode>/<metric>/<task>`` keys as a table: one row per (slice, mode, task), one column per
+    metric; the slice of all queries is `all`."""
+    rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if len(parts) != 3:
+        if len(parts) == 3:
+            parts = ["all", *parts]
+        if len(parts) != 4:
             continue
-        mode, name, task = parts
-        rows.setdefault((mode, task), {})[name] = value
-    frame = pd.DataFrame([{"mode": m, "task": t, **v} for (m, t), v in rows.items()])
-    return frame
+        part, mode, name, task = parts
+        rows.setdefault((part, mode, task), {})[name] = value
+    return pd.DataFrame([{"slice": s, "mode": m, "task": t, **v} for (s, m, t), v in rows.items()])

@@ -59,4 +59,4 @@ def evaluate_model(model: BiEncoder, data: TokenizedSplit, pad_id: int, cfg: Eva
     q, c = encode_sides(model, data, pad_id, cfg.batch_size, device, precision)
     scores = score_matrix(q["proj"], c["proj"], "l2")
     scorer = pair_scorer(model, q, c, device)
-    return evaluate_scores(data.split, scores, tasks, cfg.ks, scorer=scorer, rerank_k=cfg.rerank_k)
+    return evaluate_scores(data.split, scores, tasks, cfg.ks, scorer=scorer, rerank_k=cfg.rerank_k, slices=data.slices)

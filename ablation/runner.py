@@ -109,7 +109,7 @@ def run_study(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: st
     lines = [f"study {cfg.study.name!r} done in {time.perf_counter() - start:.0f} s",
              f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)", *_finish(ctx)]
     if report:
-        from ablation.report import build_report
+        from ablation.report.build import build_report
 
         paths = build_report(cfg.study.name, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment)
         lines.append(f"report: {paths.html}")

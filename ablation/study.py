@@ -130,7 +130,7 @@ def _train(ctx: StudyContext, cfg: ExperimentConfig, name: str, tags: dict[str, 
 def tune_arm(ctx: StudyContext, arm: str) -> None:
     """Run trials for `arm` until its budget is used (shared with any other worker)."""
     study = optuna_study(ctx, arm)
-    base = replace_path(ctx.cfg, "model.sharing", arm)
+    base = replace_path(replace_path(ctx.cfg, "model.sharing", arm), "seed", ctx.cfg.study.tuning_seed)
     while True:
         with locked(ctx.run_dir / "study.lock"):
             _clean_stale(ctx, study, arm)
@@ -208,9 +208,9 @@ def final_runs(ctx: StudyContext, arm: str) -> None:
 
 
 def zero_shot_run(ctx: StudyContext) -> None:
-    """The pretrained encoder, untrained, on the test split: the reference row."""
-    from ablation.zeroshot import zero_shot
+    """The pretrained encoder, untrained, on the validation and test splits: the reference row."""
     from ablation.runtime import describe_device, resolve_device
+    from ablation.zeroshot import ZeroShot
 
     if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not claim(ctx.run_dir / "claims", "zero-shot"):
         return
@@ -219,8 +219,11 @@ def zero_shot_run(ctx: StudyContext) -> None:
         tags = {**run_tags(ctx.cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, "role": "zero-shot",
                 "arm": "zero-shot", "device": describe_device(device)}
         with ctx.tracker.run(ctx.experiment, "zero-shot", tags, ctx.study_run) as rec:
-            res = zero_shot(ctx.data.test.split, ctx.cfg.model, ctx.cfg.eval, device)
-            rec.log_metrics({f"test/{k}": v for k, v in res.metrics.items()}, step=0)
+            model = ZeroShot(ctx.cfg.model, ctx.cfg.eval, device)
+            val = model.evaluate(ctx.data.val.split, ctx.data.val.slices, ctx.cfg.eval.val_tasks)
+            res = model.evaluate(ctx.data.test.split, ctx.data.test.slices)
+            rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
+            rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
             rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
     finally:
         release(ctx.run_dir / "claims", "zero-shot")

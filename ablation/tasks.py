@@ -2,7 +2,11 @@
 
 For a split with ``n`` pairs the universe is ``[counters (n); points (n)]``; the mask of a task is an
 ``n × 2n`` boolean matrix whose row ``i`` marks the candidates query ``i`` is ranked against. The true
-candidate (column ``i``) is always in the pool; the query itself (column ``n + i``) never is.
+candidate (column ``i``) is always in the pool; the query itself (column ``n + i``) never is, and neither
+is any other candidate whose text equals the true counter's text: the corpus lists some debates under
+several themes, and the official pools leave such copies out (with them, the paper's mean pool sizes are
+not reproduced, and a pessimistic rank could never be 1). Copies of the query's own text stay, as in the
+official pair files.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class TaskMasks:
         self.theme = pd.factorize(q["theme"])[0]
         self.debate = pd.factorize(q["theme"] + "/" + q["debate"])[0]
         self.stance = (q["stance"] == "pro").to_numpy()
+        self.excluded = split.copies(np.arange(self.n))
 
     def _eq(self, codes: np.ndarray) -> np.ndarray:
         return codes[:, None] == codes[None, :]
@@ -75,7 +80,10 @@ class TaskMasks:
             counters, points = scope, nothing
         else:
             counters, points = scope, scope & not_self
-        return np.concatenate([counters, points], axis=1)
+        mask = np.concatenate([counters, points], axis=1)
+        rows, cols = self.excluded
+        mask[rows, cols] = False
+        return mask
 
 
 class TaskPools:
@@ -88,6 +96,9 @@ class TaskPools:
     def __init__(self, split: Split) -> None:
         q = split.queries
         self.n = n = split.n
+        self.codes = split.text_codes
+        self.excluded = split.copies(np.arange(n))
+        """(query, column) of every copy of a query's true counter: out of every pool."""
         self.bounds = {}
         starts = np.zeros(n, dtype=bool)
         starts[:1] = True
@@ -124,13 +135,30 @@ class TaskPools:
         return c_lo, c_hi, p_lo + self.n, p_hi + self.n, points == "scope"
 
 
+    def contains(self, task: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether candidate ``cols[k]`` is in the pool of query ``rows[k]`` for `task`."""
+        copy_of_true = (self.codes[cols] == self.codes[rows]) & (cols != rows)
+        return self.contains_range(task, rows, cols) & ~copy_of_true
+
+    def sizes(self, task: str) -> np.ndarray:
+        """Candidates per query in the pool of `task`, the true one included."""
+        c_lo, c_hi, p_lo, p_hi, exclude_self = self.ranges(task)
+        rows, cols = self.excluded
+        dropped = np.bincount(rows[self.contains_range(task, rows, cols)], minlength=self.n)
+        return (c_hi - c_lo) + (p_hi - p_lo) - int(exclude_self) - dropped
+
+    def contains_range(self, task: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether ``cols[k]`` lies in the ranges of query ``rows[k]``'s pool before copies are left out."""
+        c_lo, c_hi, p_lo, p_hi, exclude_self = self.ranges(task)
+        inside = ((cols >= c_lo[rows]) & (cols < c_hi[rows])) | ((cols >= p_lo[rows]) & (cols < p_hi[rows]))
+        return inside & ~(exclude_self & (cols == rows + self.n))
+
+
 def task_stats(split: Split, tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
     """Per task: queries, mean candidates per query (true one included), true and false pairs."""
-    masks = TaskMasks(split)
     rows = []
     for task in tasks:
-        m = masks.mask(task)
-        per_query = m.sum(axis=1)
+        per_query = split.pools.sizes(task)
         rows.append(
             {
                 "task": task,

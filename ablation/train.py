@@ -23,14 +23,15 @@ from ablation.data import RunData, load_run_data
 from ablation.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.encode import bucketed_batches, pad_batch
 from ablation.model_eval import encode_sides, evaluate_model
-from ablation.negatives import mine, random_rate_at
+from ablation.negatives import Forbidden, mine, random_rates
 from ablation.recorder import MemoryRecorder, Recorder
 from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
 from models.biencoder import BiEncoder, build_biencoder
+from models.heads import pca_projection
 from models.loss import TripletPairLoss
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-"""Called after each epoch's validation with (epoch, val metrics); may raise to stop the run (pruning)."""
+"""Called after each epoch's validation with (epochs done, val metrics); may raise to stop the run (pruning)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -92,6 +93,7 @@ class Trainer:
         warm = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
+        self.forbidden = Forbidden.from_codes(data.train.split.text_codes)
         self.step = 0
         self.result = TrainResult()
         self.epoch_batches: list[list[np.ndarray]] = []  # what the run saw, for inspection and tests
@@ -107,9 +109,15 @@ class Trainer:
         self.rec.log_metrics(dict(self.result.counts), step=0)
         self.rec.log_text(dump_yaml(cfg), "config.yaml")
 
-    def _train_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Projected vectors of training queries (query side) and candidates (candidate side), no dropout."""
+    def _train_vectors(self, init_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Projected vectors of training queries (query side) and candidates (candidate side), no dropout;
+        with `init_heads` (before the first step), the heads are first set from the pooled vectors."""
         q, c = encode_sides(self.model, self.data.train, self.data.pad_id, self.cfg.eval.batch_size, self.device, self.cfg.train.precision)
+        if init_heads:
+            self.model.init_heads(*(t.to(self.device) for t in pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim)))
+            with torch.no_grad():  # every arm's towers are identical before the first step, so one fit serves both sides
+                q["proj"], c["proj"] = (head(torch.from_numpy(v["pool"]).to(self.device)).float().cpu().numpy()
+                                        for head, v in ((self.model.query_head, q), (self.model.cand_head, c)))
         return q["proj"], c["proj"]
 
     def _step(self, idx: np.ndarray, negatives: np.ndarray, cache: tuple[np.ndarray, np.ndarray] | None) -> float:
@@ -159,39 +167,47 @@ class Trainer:
         return metrics
 
     def fit(self) -> TrainResult:
-        """Train all epochs, validating after each, then evaluate on the test split (all 8 tasks)."""
+        """Validate the model before any step (epoch 0), train all epochs, validating after each (epoch
+        e = e epochs done), then evaluate on the test split (all 8 tasks)."""
         cfg, tr = self.cfg, self.data.train
-        self._record_setup()
+        reuse = cfg.negatives.reuse_train_embeddings
         self.model.train()
-        cache: tuple[np.ndarray, np.ndarray] | None = None
+        vectors = self._train_vectors(init_heads=cfg.model.head_init == "pca")  # before the checksums are recorded
+        self._record_setup()
+        self.validate(0)
         lengths = [len(t) for t in tr.query_tokens]
+        total_steps = None
         for epoch in range(cfg.train.epochs):
             start = time.perf_counter()
-            refresh = time.perf_counter()
-            vectors = cache if (cache is not None and cfg.negatives.reuse_train_embeddings) else self._train_vectors()
-            rate = random_rate_at(epoch, cfg.negatives.random_rate, cfg.negatives.random_rate_decay)
-            negs = mine(vectors[0], vectors[1], rate, self.neg_rng, cfg.negatives.index)
-            refresh = time.perf_counter() - refresh
-            cache = vectors if cfg.negatives.reuse_train_embeddings else None  # mined already: update in place
             batches = bucketed_batches(lengths, cfg.train.batch_size, cfg.train.bucket_size, self.batch_rng)
+            total_steps = total_steps or len(batches) * cfg.train.epochs  # the same count every epoch
+            refresh = time.perf_counter()
+            if epoch and not reuse:
+                vectors = self._train_vectors()
+            step_of = np.empty(tr.split.n, dtype=np.int64)  # the step at which each query's batch runs
+            for b, idx in enumerate(batches):
+                step_of[idx] = self.step + b
+            rates = random_rates(step_of, total_steps, cfg.negatives.random_rate, cfg.negatives.random_rate_final)
+            negs = mine(vectors[0], vectors[1], rates, self.neg_rng, self.forbidden, cfg.negatives.index)
+            refresh = time.perf_counter() - refresh
             self.epoch_batches.append(batches)
             self.epoch_negatives.append(negs.index)
             bar = tqdm(batches, desc=f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch + 1}/{cfg.train.epochs}", unit="step", leave=False, disable=None)
-            for idx in bar:
-                loss = self._step(idx, negs.index, cache)
+            for idx in bar:  # with reuse, the steps update `vectors` in place (mining is done with them)
+                loss = self._step(idx, negs.index, vectors if reuse else None)
                 bar.set_postfix(loss=f"{loss:.3f}")
             train_time = time.perf_counter() - start
-            val = self.validate(epoch)
+            val = self.validate(epoch + 1)
             self.rec.log_metrics({**negs.stats(), "time/epoch_s": time.perf_counter() - start, "time/train_s": train_time,
-                                  "time/negative_refresh_s": refresh}, step=epoch)
+                                  "time/negative_refresh_s": refresh}, step=epoch + 1)
             self.rec.flush()
             if self.on_epoch is not None:
-                self.on_epoch(epoch, val)
+                self.on_epoch(epoch + 1, val)
         return self._test() if self.test else self.result
 
     def _test(self) -> TrainResult:
         res = evaluate_model(self.model, self.data.test, self.data.pad_id, self.cfg.eval, self.device, TASKS, self.cfg.train.precision)
-        self.result.test_metrics = {f"test/{k}": v for k, v in res.metrics.items()}
+        self.result.test_metrics = {f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}
         self.result.per_query = res.per_query
         self.rec.log_metrics(self.result.test_metrics, step=self.cfg.train.epochs)
         self.rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")

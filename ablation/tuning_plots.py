@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RATE = "negatives.random_rate"
-DECAY = "negatives.random_rate_decay"
+FINAL = "negatives.random_rate_final"
 
 
 def trials_table(study: object) -> pd.DataFrame:
@@ -54,13 +54,15 @@ def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str 
 
 
 def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0") -> Figure:
-    """Objective against the initial random rate; marker size grows with the decay."""
+    """Objective against the initial random rate; each marker's fill is the final rate of its schedule."""
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     done = trials[trials["state"] == "COMPLETE"]
     if RATE in done and not done.empty:
-        decay = done[DECAY] if DECAY in done else pd.Series(0.0, index=done.index)
-        ax.scatter(done[RATE], done["value"], s=30 + 1500 * decay.astype(float), color=color, alpha=0.7,
-                   edgecolor="black", label="trial (size ∝ decay)")
+        final = pd.to_numeric(done[FINAL], errors="coerce") if FINAL in done else done[RATE]
+        final = final.fillna(done[RATE]).astype(float)  # no final rate: constant
+        points = ax.scatter(done[RATE].astype(float), done["value"], c=final, cmap="viridis", vmin=0, vmax=1, s=60,
+                            edgecolor=color, linewidth=1.5, label="trial (fill: final random rate)")
+        fig.colorbar(points, ax=ax, label="final random_rate")
     else:
         ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center", color="grey")
     ax.set_xlim(-0.02, 1.02)

@@ -8,6 +8,7 @@ bounds it. Lists become tuples, so the result stays hashable and immutable.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -60,6 +61,8 @@ def convert(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config: {key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"config: {key}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise UserError(f"config: {key}: expected a string, got {value!r}")

@@ -35,11 +35,17 @@ class TripletOutput:
 
 
 class PairClassifier(nn.Module):
-    """2-way classifier over ``[u, v, |u−v|]`` of the projected and of the pooled vectors."""
+    """2-way classifier over ``[u, v, |u−v|]`` of the projected and of the pooled vectors.
+
+    It starts at zero: every pair gets probability 1/2, so before any step the rerank keeps the retrieval
+    order (ties in probability go to the higher retrieval score), and what it changes later is learned.
+    Cross-entropy still has a gradient at zero, as in logistic regression."""
 
     def __init__(self, hidden: int, proj_dim: int) -> None:
         super().__init__()
         self.linear = nn.Linear(3 * proj_dim + 3 * hidden, 2)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, u_proj: torch.Tensor, u_pool: torch.Tensor, v_proj: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
         feats = [u_proj, v_proj, (u_proj - v_proj).abs(), u_pool, v_pool, (u_pool - v_pool).abs()]
@@ -108,6 +114,13 @@ class BiEncoder(nn.Module):
             self.classifier(q_proj, q_pool, p_proj, p_pool),
             self.classifier(q_proj, q_pool, n_proj, n_pool),
         )
+
+    @torch.no_grad()
+    def init_heads(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set both similarity heads (one module when shared) to the affine map ``weight @ x + bias``."""
+        for head in {id(h): h for h in (self.query_head, self.cand_head)}.values():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
 
     @property
     def two_encoders(self) -> bool:

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablation.report.reader import StudyRuns  # noqa: E402
-from ablation.tuning_plots import tuning_figures  # noqa: E402
+from ablation.tuning_plots import FINAL, RATE, tuning_figures  # noqa: E402
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -92,8 +92,11 @@ def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: b
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
     figs: dict[str, Figure | None] = {
         "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + CE pos + CE neg)", "Convergence: training loss", smooth=True),
-        "val_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
-                                    "Convergence: validation accuracy", xlabel="epoch (0 = after the first)"),
+        "val_acc.png": curve_figure(runs, arms, "val/retrieval/acc_at_1/mean", "validation retrieval acc@1 (mean of tasks)",
+                                    "Convergence: validation accuracy", xlabel="epochs trained (0 = before any step)"),
+        "val_rerank_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
+                                           "Convergence: reranked validation accuracy",
+                                           xlabel="epochs trained (0 = before any step)"),
         "grad_norm.png": curve_figure(runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm",
                                       smooth=True, logy=True),
         "grad_parts.png": part_norms_figure(runs, arms),
@@ -111,8 +114,8 @@ def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: b
             "number": trials["trial"].astype(int),
             "value": trials.get(f"metrics.{objective}", pd.Series(np.nan, index=trials.index)),
             "state": np.where(trials["state"] == "complete", "COMPLETE", np.where(trials["state"] == "pruned", "PRUNED", "FAIL")),
-            "negatives.random_rate": trials["params.negatives.random_rate"].astype(float),
-            "negatives.random_rate_decay": trials["params.negatives.random_rate_decay"].astype(float),
+            **{key: pd.to_numeric(trials[f"params.{key}"], errors="coerce") for key in (RATE, FINAL)
+               if f"params.{key}" in trials},
         })
         for name, fig in tuning_figures(table, objective, arm, colors[arm], maximize).items():
             figs[f"{arm}_{name}"] = fig

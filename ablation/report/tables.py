@@ -7,35 +7,48 @@ import pandas as pd
 
 from ablation.config import TASKS
 from ablation.report.reader import StudyRuns
-from ablation.report.stats import correctness, paired_comparison
+from ablation.report.stats import MIN_SEEDS, Comparison, compare, correctness, holm
 
-HEADLINE = [("rerank", "acc_at_1"), ("retrieval", "acc_at_1"), ("rerank", "recall_at_5"), ("rerank", "recall_at_10"),
-            ("rerank", "mrr")]
+HEADLINE = [("retrieval", "acc_at_1"), ("rerank", "acc_at_1"), ("retrieval", "recall_at_5"), ("retrieval", "recall_at_10"),
+            ("rerank", "recall_at_5"), ("rerank", "recall_at_10"), ("retrieval", "mrr"), ("rerank", "mrr")]
+
+
+def headline_metrics(rerank_k: int) -> list[tuple[str, str]]:
+    """The report's metrics, less rerank recall@K for K ≤ rerank_k: reranking the top rerank_k keeps
+    their set, so it equals retrieval recall@K there."""
+    return [(mode, metric) for mode, metric in HEADLINE
+            if not (mode == "rerank" and metric.startswith("recall_at_") and int(metric.rsplit("_", 1)[1]) <= rerank_k)]
+
+
 COUNT_KEYS = ["params/total", "params/unique", "params/trainable", "params/query_side", "params/candidate_side", "params/classifier"]
 
 
-def summary(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
-    """Long table: arm, mode, metric, task, mean, std, n_seeds — every headline number of the report."""
+def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFrame:
+    """Long table: arm, slice, mode, metric, task, mean, std, n_seeds — every headline number of the report."""
     rows = []
     sources = [(arm, runs.finals(arm)) for arm in arms]
     zs = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
     if not zs.empty:
         sources.append(("zero-shot", zs))
     for arm, frame in sources:
-        for mode, metric in HEADLINE:
-            for task in (*TASKS, "mean"):
-                col = f"metrics.test/{mode}/{metric}/{task}"
-                values = frame[col].dropna().to_numpy() if col in frame else np.array([])
-                if len(values) == 0:
-                    continue
-                rows.append({"arm": arm, "mode": mode, "metric": metric, "task": task, "mean": float(values.mean()),
-                             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n_seeds": len(values)})
-    return pd.DataFrame(rows, columns=["arm", "mode", "metric", "task", "mean", "std", "n_seeds"])
+        for slice_ in ("all", "unseen"):
+            prefix = "" if slice_ == "all" else f"{slice_}/"
+            for mode, metric in headline_metrics(rerank_k):
+                for task in (*TASKS, "mean"):
+                    col = f"metrics.test/{prefix}{mode}/{metric}/{task}"
+                    values = frame[col].dropna().to_numpy() if col in frame else np.array([])
+                    if len(values) == 0:
+                        continue
+                    rows.append({"arm": arm, "slice": slice_, "mode": mode, "metric": metric, "task": task,
+                                 "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                                 "n_seeds": len(values)})
+    return pd.DataFrame(rows, columns=["arm", "slice", "mode", "metric", "task", "mean", "std", "n_seeds"])
 
 
-def headline(summary_table: pd.DataFrame, mode: str, metric: str) -> pd.DataFrame:
-    """arms × tasks table of "mean ± std" strings for one metric, plus a mask of the best arm per task."""
-    part = summary_table[(summary_table["mode"] == mode) & (summary_table["metric"] == metric)]
+def headline(summary_table: pd.DataFrame, mode: str, metric: str, slice_: str = "all") -> pd.DataFrame:
+    """arms × tasks tables of means and standard deviations for one metric on one slice."""
+    part = summary_table[(summary_table["mode"] == mode) & (summary_table["metric"] == metric)
+                         & (summary_table["slice"] == slice_)]
     if part.empty:
         return pd.DataFrame()
     means = part.pivot(index="arm", columns="task", values="mean").reindex(columns=[*TASKS, "mean"])
@@ -58,18 +71,73 @@ def param_table(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def comparisons(runs: StudyRuns, arms: list[str], n_resamples: int = 10000) -> pd.DataFrame:
-    """Every arm against the first: per task and mode, paired bootstrap difference in acc@1."""
-    rows = []
-    reference = arms[0]
-    ref_frames = [f for (a, _), f in sorted(runs.per_query.items()) if a == reference]
+SLICES = ("all", "unseen", "self_copy")
+MODES = ("retrieval", "rerank")
+
+
+def _per_query(runs: StudyRuns, arm: str) -> dict[str, pd.DataFrame]:
+    return {seed: frame for (a, seed), frame in sorted(runs.per_query.items()) if a == arm}
+
+
+def _row(c: Comparison, **keys: object) -> dict:
+    return {**keys, "diff": c.diff, "ci_low": c.low, "ci_high": c.high, "p_value": c.p_value, "n_queries": c.n_queries,
+            "n_seeds": c.n_seeds}
+
+
+def _adjust(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
+    """Holm-adjusted p within each family of rows, and `significant` after it (3+ seeds only)."""
+    frame = frame.copy()
+    frame["p_adjusted"] = np.nan
+    for _, idx in frame.groupby(family, dropna=False).groups.items():
+        frame.loc[idx, "p_adjusted"] = holm(frame.loc[idx, "p_value"].to_numpy())
+    frame["significant"] = (frame["p_adjusted"] < 0.05) & (frame["n_seeds"] >= MIN_SEEDS)
+    return frame
+
+
+COMPARISON_COLUMNS = ["arm", "reference", "slice", "mode", "task", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                      "n_queries", "n_seeds", "significant", "family"]
+
+
+def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
+    """Every arm against the first, on every slice, mode and task, and on the mean over tasks. Per-task
+    p-values are Holm-adjusted over the 8 tasks of one (arm, slice, mode); the means over tasks of all
+    queries and of the unseen slice, in both modes (the headline), over those 4 per arm."""
+    reference, rows = arms[0], []
+    ref = _per_query(runs, reference)
     for arm in arms[1:]:
-        frames = [f for (a, _), f in sorted(runs.per_query.items()) if a == arm]
-        if not frames or not ref_frames:
+        mine = _per_query(runs, arm)
+        if not mine or not ref:
             continue
-        for mode in ("rerank", "retrieval"):
-            for task in TASKS:
-                c = paired_comparison(correctness(ref_frames, task, mode), correctness(frames, task, mode), n_resamples)
-                rows.append({"arm": arm, "reference": reference, "mode": mode, "task": task, "diff": c.diff, "ci_low": c.low,
-                             "ci_high": c.high, "p_value": c.p_value, "n_queries": c.n_queries, "significant": c.significant})
-    return pd.DataFrame(rows)
+        for slice_ in SLICES:
+            for mode in MODES:
+                for task in (*TASKS, "mean"):
+                    if task == "mean" and slice_ == "self_copy":
+                        continue  # the self-copy slice differs per task (mostly epa): no mean over tasks
+                    key = None if task == "mean" else task
+                    c = compare(correctness(ref, key, mode, slice_), correctness(mine, key, mode, slice_))
+                    if c.n_queries:
+                        rows.append(_row(c, arm=arm, reference=reference, slice=slice_, mode=mode, task=task,
+                                         family="headline" if task == "mean" else f"{slice_}/{mode}"))
+    if not rows:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return _adjust(pd.DataFrame(rows), ["arm", "family"])[COMPARISON_COLUMNS]
+
+
+def against_zero_shot(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
+    """Each arm's mean retrieval acc@1 over the tasks against the untrained encoder (a fixed reference),
+    on all queries and the unseen slice; Holm-adjusted over all these rows."""
+    zero = _per_query(runs, "zero-shot")
+    rows = []
+    for arm in arms:
+        mine = _per_query(runs, arm)
+        if not zero or not mine:
+            continue
+        for slice_ in ("all", "unseen"):
+            c = compare(correctness(zero, None, "retrieval", slice_), correctness(mine, None, "retrieval", slice_),
+                        fixed_reference=True)
+            if c.n_queries:
+                rows.append(_row(c, arm=arm, reference="zero-shot", slice=slice_, mode="retrieval", task="mean",
+                                 family="zero-shot"))
+    if not rows:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return _adjust(pd.DataFrame(rows), ["family"])[COMPARISON_COLUMNS]

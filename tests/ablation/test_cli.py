@@ -15,10 +15,17 @@ from ablation.cli import main
 def test_data_stats_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data-stats", "--corpus", str(corpus), "--split", "test", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["pairs"] == 24 and out["dropped_points"] == 2
-    assert [t["task"] for t in out["tasks"]] == ["sdoc", "sdc", "sdoa", "sda", "stc", "sta", "epc", "epa"]
+    assert out["pairs"] == 30 and out["dropped_points"] == 3
+    tasks = {t["task"]: t for t in out["tasks"]}
+    assert list(tasks) == ["sdoc", "sdc", "sdoa", "sda", "stc", "sta", "epc", "epa"]
+    # 6 test pairs repeat the training split; 14 points are listed twice (12 cross-listed, 2 in the repeated pair)
+    assert {t["unseen_queries"] for t in tasks.values()} == {24}
+    assert [tasks[t]["self_copy_queries"] for t in ("sdoc", "sda", "epc", "epa")] == [0, 2, 0, 14]
+    # epc: 29 other counters, less the copy of the true counter that 14 queries have
+    assert tasks["epc"]["false_pairs"] == 30 * 29 - 14
     assert main(["data-stats", "--corpus", str(corpus), "--split", "test"]) == 0
-    assert "sdoc" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "sdoc" in text and "unseen_queries" in text
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,11 @@ def test_perfect_and_constant_scores(corpus: Path) -> None:
     assert evaluate_scores(split, perfect).metrics["retrieval/acc_at_1/epa"] == 1.0
     flat = evaluate_scores(split, np.zeros((n, 2 * n), dtype=np.float32))
     assert flat.metrics["retrieval/acc_at_1/sdoc"] == 0.0  # ties count against the true candidate
-    assert flat.metrics["retrieval/mrr/epa"] == pytest.approx(1 / (2 * n - 1))
+    # flat scores: the rank is the pool size, here every candidate but the query itself and copies of the counter
+    texts = [" ".join(t.split()) for t in split.candidate_texts]
+    pool = np.array([2 * n - 1 - sum(t == texts[i] for t in texts[:i] + texts[i + 1 :]) for i in range(n)])
+    assert (pool < 2 * n - 1).sum() == 14  # the fixture's copies of true counters are out of the pool
+    assert flat.metrics["retrieval/mrr/epa"] == pytest.approx((1 / pool).mean())
 
 
 def test_rerank_with_an_oracle_and_a_reversed_scorer(corpus: Path) -> None:

@@ -35,7 +35,8 @@ def _expected_pool(split, i: int, task: str) -> set[int]:
             pool.add(j)
             if task.endswith("a") and j != i:
                 pool.add(n + j)
-    return pool
+    texts = [" ".join(t.split()) for t in split.candidate_texts]
+    return {j for j in pool if j == i or texts[j] != texts[i]}  # no copy of the true counter
 
 
 def test_masks_match_definitions(corpus: Path) -> None:
@@ -53,15 +54,20 @@ def test_masks_match_definitions(corpus: Path) -> None:
 def test_stats_counts(corpus: Path) -> None:
     split = read_split(corpus, "test")
     stats = task_stats(split).set_index("task")
-    # 2 themes × 2 debates × (pro, con) × 3 pairs: a debate has 6 counters, 3 per stance.
-    assert stats.loc["sdoc", "mean_candidates"] == 3
-    assert stats.loc["sdc", "mean_candidates"] == 6
-    assert stats.loc["sdoa", "mean_candidates"] == 6
-    assert stats.loc["sda", "mean_candidates"] == 11
-    assert stats.loc["stc", "mean_candidates"] == 12
-    assert stats.loc["epa", "mean_candidates"] == 2 * split.n - 1
+    # 5 debates × (pro, con) × 3 pairs: a debate has 6 counters, 3 per stance. One debate's pro pair 3
+    # repeats pair 1, so those two queries lose one same-debate candidate each: 2 of 90 sdoc candidates.
+    assert stats.loc["sdoc", "mean_candidates"] == pytest.approx((30 * 3 - 2) / 30)
+    assert stats.loc["sdc", "mean_candidates"] == pytest.approx((30 * 6 - 2) / 30)
+    assert stats.loc["sda", "mean_candidates"] == pytest.approx((30 * 11 - 2) / 30)
+    # the theme holding the cross-listed debate has 18 pairs, whose 6 copies sit in the other theme
+    assert stats.loc["stc", "mean_candidates"] == pytest.approx((12 * 12 + 18 * 18 - 2) / 30)
+    # the whole split: 14 queries lose the copy of their counter (12 cross-listed, 2 repeated)
+    assert stats.loc["epa", "mean_candidates"] == pytest.approx((30 * 59 - 14) / 30)
     assert (stats["true_pairs"] == split.n).all()
-    assert stats.loc["epc", "false_pairs"] == split.n * (split.n - 1)
+    assert stats.loc["epc", "false_pairs"] == split.n * (split.n - 1) - 14
+    for task in stats.index:
+        expected = [len(_expected_pool(split, i, task)) for i in range(split.n)]
+        assert split.pools.sizes(task).tolist() == expected, task
 
 
 def test_pools_refuse_an_unsorted_split(corpus: Path) -> None:

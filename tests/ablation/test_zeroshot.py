@@ -22,8 +22,10 @@ def test_cli_zero_shot_writes_per_query_csv(corpus: Path, tmp_path: Path, capsys
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert set(metrics) >= {"retrieval/acc_at_1/sdoc", "retrieval/recall_at_10/epa", "retrieval/mrr/mean"}
     rows = pd.read_csv(csv)
-    assert list(rows.columns) == ["query_id", "task", "mode", "rank", "top1_id"]
-    assert len(rows) == 24 * 8 and rows["rank"].min() >= 1
+    assert list(rows.columns) == ["query_id", "task", "mode", "rank", "top1_id", "unseen", "self_copy"]
+    assert len(rows) == 30 * 8 and rows["rank"].min() >= 1
+    assert rows.groupby("task")["unseen"].sum().eq(24).all()
+    assert metrics["unseen/retrieval/acc_at_1/epa"] == pytest.approx((rows[rows["unseen"] & (rows["task"] == "epa")]["rank"] == 1).mean())
 
 
 @pytest.mark.slow

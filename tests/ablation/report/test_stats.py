@@ -1,0 +1,95 @@
+"""The comparison statistics: false-positive rate and power by simulation, Holm, the fixed reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablation.report.stats import compare, holm
+
+SEEDS = [1, 2, 3]
+
+
+def _study(rng: np.random.Generator, queries: int, seeds: int, seed_sd: float, delta: float, shared_sd: float = 0.01):
+    """One simulated study: per-query difficulty, a seed effect both arms share (same init and batches) and
+    one of each arm's own, Bernoulli correctness. `delta` is the true difference in accuracy."""
+    p = rng.beta(2, 2, size=queries)[:, None]
+    common = rng.normal(0, shared_sd, size=seeds)
+    labels = list(range(1, seeds + 1))
+    ref = rng.random((queries, seeds)) < np.clip(p + common + rng.normal(0, seed_sd, seeds), 0, 1)
+    arm = rng.random((queries, seeds)) < np.clip(p + delta + common + rng.normal(0, seed_sd, seeds), 0, 1)
+    return pd.DataFrame(ref.astype(float), columns=labels), pd.DataFrame(arm.astype(float), columns=labels)
+
+
+def _rejections(n: int, **kw: float) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    results = [compare(*_study(rng, **kw)) for _ in range(n)]  # type: ignore[arg-type]
+    delta = kw["delta"]
+    return float(np.mean([c.p_value < 0.05 for c in results])), float(np.mean([c.low <= delta <= c.high for c in results]))
+
+
+@pytest.mark.parametrize("seed_sd", [0.0, 0.013, 0.022])  # seed standard deviations of 0 to 2.2 points
+@pytest.mark.parametrize(("queries", "seeds"), [(1401, 3), (96, 3), (783, 5)])
+def test_equal_arms_are_called_different_at_most_7_percent_of_the_time(queries: int, seeds: int, seed_sd: float) -> None:
+    false_positive, coverage = _rejections(800, queries=queries, seeds=seeds, seed_sd=seed_sd, delta=0.0)
+    assert false_positive <= 0.07
+    assert coverage >= 0.93
+
+
+def test_a_query_only_test_would_fail_this_check() -> None:
+    """The old comparison (seed means, then queries only) on the same simulated studies: far too many false
+    positives, which is why the seed term is there."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(400):
+        ref, arm = _study(rng, queries=1401, seeds=3, seed_sd=0.02, delta=0.0)
+        d = (arm.mean(axis=1) - ref.mean(axis=1)).to_numpy()
+        hits += abs(d.mean()) / (d.std(ddof=1) / np.sqrt(len(d))) > 1.96
+    assert hits / 400 > 0.2
+
+
+def test_a_realistic_difference_is_detected() -> None:
+    # 8 points of acc@1 with a seed sd of 1.5 points and 3 seeds (the quick study's arms differed by 7)
+    power, coverage = _rejections(400, queries=1401, seeds=3, seed_sd=0.015, delta=0.08)
+    assert power >= 0.8 and coverage >= 0.93
+    more_seeds, _ = _rejections(400, queries=1401, seeds=5, seed_sd=0.015, delta=0.05)
+    assert more_seeds >= 0.8
+
+
+def test_identical_and_constant_tables() -> None:
+    ref = pd.DataFrame(np.random.default_rng(1).integers(0, 2, size=(50, 3)).astype(float), columns=SEEDS)
+    same = compare(ref, ref.copy())
+    assert same.diff == 0 and same.p_value == 1.0 and not same.significant
+    better = ref.copy()
+    better[:] = 1.0
+    c = compare(ref, better)
+    assert c.diff == pytest.approx(1 - ref.to_numpy().mean())
+    assert c.low < c.diff < c.high and c.p_value < 0.01  # 3 seeds: few degrees of freedom, yet clear
+
+
+def test_fewer_than_three_seeds_are_never_significant() -> None:
+    rng = np.random.default_rng(2)
+    ref = pd.DataFrame((rng.random((500, 2)) < 0.2).astype(float), columns=[1, 2])
+    arm = pd.DataFrame((rng.random((500, 2)) < 0.9).astype(float), columns=[1, 2])
+    c = compare(ref, arm)
+    c = type(c)(**{**c.__dict__, "p_adjusted": c.p_value})
+    assert c.p_value < 0.05 and c.n_seeds == 2 and not c.seed_variance_known and not c.significant
+
+
+def test_fixed_reference_and_unpaired_seeds() -> None:
+    rng = np.random.default_rng(3)
+    zero = pd.DataFrame({1: (rng.random(400) < 0.5).astype(float)})
+    arm = pd.DataFrame((rng.random((400, 3)) < 0.5).astype(float), columns=SEEDS)
+    fixed = compare(zero, arm, fixed_reference=True)
+    assert fixed.n_seeds == 3 and fixed.diff == pytest.approx(arm.to_numpy().mean() - zero.to_numpy().mean())
+    other = pd.DataFrame((rng.random((400, 3)) < 0.5).astype(float), columns=[4, 5, 6])
+    unpaired = compare(other, arm)
+    assert unpaired.n_seeds == 3 and unpaired.low < unpaired.diff < unpaired.high
+
+
+def test_holm_against_a_worked_example() -> None:
+    # sorted p: 0.01·4 = 0.04, 0.02·3 = 0.06, 0.03·2 = 0.06 (monotone), 0.5·1 = 0.5; NaN stays out
+    assert np.allclose(holm([0.03, 0.5, 0.01, np.nan, 0.02])[[0, 1, 2, 4]], [0.06, 0.5, 0.04, 0.06])
+    assert np.isnan(holm([0.03, np.nan])[1]) and holm([0.03, np.nan])[0] == pytest.approx(0.03)
+    assert holm([0.9, 0.8]).max() <= 1.0
