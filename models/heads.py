@@ -10,7 +10,7 @@ def pca_projection(vectors: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch
     `vectors` (centred on their mean). Among rank-`dim` orthogonal projections it keeps the largest share
     of the vectors' squared pairwise distances, so L2 retrieval in the projected space starts close to
     retrieval with the pooled vectors, where a random head would scramble them. Each component's sign is
-    fixed (largest entry positive) so the result is deterministic; rows past the rank are zero."""
+    fixed (largest entry positive) so the result is deterministic; rows past min(vectors, H) are zero."""
     x = vectors.detach().to(torch.float64).cpu()
     mean = x.mean(0)
     _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)

@@ -57,7 +57,9 @@ def test_shared_has_one_encoders_worth_of_unique_parameters() -> None:
     cls = sum(p.numel() for p in shared.classifier.parameters())
     assert param_counts(shared)["params/unique"] == enc + head + cls
     assert param_counts(unshared)["params/unique"] == 2 * (enc + head) + cls
-    assert param_counts(shared)["params/total"] == param_counts(unshared)["params/total"]
+    for m in (shared, unshared):  # total counts a shared module once per side: the same for every arm
+        assert param_counts(m)["params/total"] == 2 * (enc + head) + cls
+        assert param_counts(m)["params/query_side"] == param_counts(m)["params/candidate_side"] == enc + head
 
 
 def test_frozen_candidate_side_is_bit_identical_after_a_step() -> None:
@@ -100,3 +102,26 @@ def test_indexed_pair_margins_give_the_forward_pass_probabilities() -> None:
     margin = m.classifier.indexed(q, c)(qi, ci)
     torch.testing.assert_close(margin, direct[:, 1] - direct[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(margin.sigmoid(), direct.softmax(-1)[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_pca_projection_keeps_distances_within_its_rank_and_is_deterministic() -> None:
+    from models.heads import pca_projection
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 10, generator=g)
+    x = torch.randn(40, 3, generator=g) @ basis + 5.0  # rank 3 around an offset
+    w, b = pca_projection(x, 4)
+    y = x @ w.T + b
+    def dist(v: torch.Tensor) -> torch.Tensor:
+        return (v[:, None] - v[None]).norm(dim=-1)
+
+    torch.testing.assert_close(dist(y), dist(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.mean(0), torch.zeros(4), rtol=0, atol=1e-4)  # centred
+    torch.testing.assert_close(y[:, 3], torch.zeros(40), rtol=0, atol=1e-4)  # past the rank: no variance left
+    few, _ = pca_projection(x[:2], 4)  # 2 vectors in 10 dimensions: 2 components, then zero rows
+    assert torch.count_nonzero(few[2:]) == 0 and torch.count_nonzero(few[:2]) > 0
+    w2, b2 = pca_projection(x.flip(0), 4)  # the same vectors in another order: the same map, signs included
+    torch.testing.assert_close(w2, w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b2, b, rtol=1e-5, atol=1e-5)
+    lossy, _ = pca_projection(torch.randn(40, 10, generator=g), 2)
+    torch.testing.assert_close(lossy @ lossy.T, torch.eye(2), rtol=1e-5, atol=1e-5)  # orthonormal rows
