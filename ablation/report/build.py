@@ -59,6 +59,9 @@ def _slice_sizes(runs: StudyRuns) -> dict[str, str]:
     out = {"all": f"all {len(first):,} queries"}
     if "unseen" in first:
         out["unseen"] = f"unseen slice, {int(first['unseen'].sum()):,} queries"
+    if "self_copy" in f:
+        per_task = f[f["mode"] == f["mode"].iloc[0]].groupby("task", sort=False)["self_copy"].sum()
+        out["self_copy"] = "self-copy slice (queries per task: " + ", ".join(f"{t} {int(v):,}" for t, v in per_task.items()) + ")"
     return out
 
 
@@ -261,16 +264,20 @@ def build_report(study: str, tracking_uri: str | None = None, out_dir: str | Non
                                                 "tensor once, so sharing shows up as unique < total.")
                     .table(Table(list(counts.columns), [[f"{v:,}" if isinstance(v, (int, np.integer)) else str(v)
                                                           for v in row] for row in counts.itertuples(index=False)])))
-    head = Section("Test results", "Mean ± standard deviation over seeds on the test split, on all queries and on the "
-                                   "unseen slice; the best arm per task is in bold. Pools grow from sdoc (a few "
-                                   "same-debate counters) to epa (the whole split). Rerank recall@K is left out for K ≤ "
+    head = Section("Test results", "Mean ± standard deviation over seeds on the test split, on all queries, on the "
+                                   "unseen slice and (acc@1) on the self-copy slice, whose tasks hold few queries; the "
+                                   "best arm per task is in bold. Pools grow from sdoc (a few same-debate counters) to "
+                                   "epa (the whole split). Rerank recall@K is left out for K ≤ "
                                    f"rerank_k = {rerank_k}, where it equals retrieval recall@K.")
     sizes = _slice_sizes(runs)
-    for slice_ in ("all", "unseen"):
-        for mode_, metric in headline_metrics(rerank_k):
-            t = _headline_table(table, mode_, metric, slice_)
+    for slice_ in ("all", "unseen", "self_copy"):
+        tables = [(mode_, metric, _headline_table(table, mode_, metric, slice_)) for mode_, metric in headline_metrics(rerank_k)
+                  if slice_ != "self_copy" or metric == "acc_at_1"]
+        for mode_, metric, t in tables:
             if t is not None:
                 head.p(f"{mode_} {METRIC_NAMES[metric]}, {sizes.get(slice_, slice_)}:").table(t)
+        if all(t is None for *_, t in tables) and runs.per_query:
+            head.p(f"The {slice_.replace('_', '-')} slice holds no query of this study's test split.")
     sections += [head, _comparison_section(comp, arms), _zero_shot_section(runs, zs, arms)]
     conv = Section("Convergence", "Training loss per step (moving average; band = min to max over seeds) and validation "
                                   "acc@1 per epoch from epoch 0 (before any step): which arm learns faster, whether it has converged, and whether training helps at all.")

@@ -39,8 +39,9 @@ def _band(ax: plt.Axes, curves: pd.DataFrame, color: str, label: str, smooth: in
 
 
 def curve_figure(runs: StudyRuns, arms: list[str], key: str, ylabel: str, title: str, xlabel: str = "training step",
-                 smooth: bool = False, logy: bool = False) -> Figure | None:
-    """One metric's history per arm: mean over seeds, band from min to max."""
+                 smooth: bool = False, logy: bool = False, reference: tuple[str, float] | None = None) -> Figure | None:
+    """One metric's history per arm: mean over seeds, band from min to max; `reference` (label, value) is
+    drawn as a dashed horizontal line."""
     colors = arm_colors(arms)
     fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
     drawn = False
@@ -57,6 +58,8 @@ def curve_figure(runs: StudyRuns, arms: list[str], key: str, ylabel: str, title:
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel + (" (moving average)" if smooth else ""))
+    if reference is not None:
+        ax.axhline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
     if logy:
         ax.set_yscale("log")
     ax.set_title(title)
@@ -90,13 +93,17 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
 
 def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: bool) -> dict[str, Figure]:
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
+    zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
+    key = "metrics.val/retrieval/acc_at_1/mean"
+    zero_val = ("zero-shot encoder", float(zero[key].dropna().iloc[0])) if key in zero and zero[key].notna().any() else None
     figs: dict[str, Figure | None] = {
         "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + CE pos + CE neg)", "Convergence: training loss", smooth=True),
         "val_acc.png": curve_figure(runs, arms, "val/retrieval/acc_at_1/mean", "validation retrieval acc@1 (mean of tasks)",
-                                    "Convergence: validation accuracy", xlabel="epochs trained (0 = before any step)"),
+                                    "Convergence: validation accuracy", xlabel="epochs trained (0 = before any step)",
+                                    reference=zero_val),
         "val_rerank_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
                                            "Convergence: reranked validation accuracy",
-                                           xlabel="epochs trained (0 = before any step)"),
+                                           xlabel="epochs trained (0 = before any step)", reference=zero_val),
         "grad_norm.png": curve_figure(runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm",
                                       smooth=True, logy=True),
         "grad_parts.png": part_norms_figure(runs, arms),

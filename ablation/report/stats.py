@@ -124,7 +124,6 @@ def correctness(per_query: dict[str, pd.DataFrame], task: str | None, mode: str,
 
 
 def describe(c: Comparison, metric: str = "acc@1") -> str:
-    """`+0.012 acc@1 (95 % CI −0.004 to +0.028, adjusted p = 0.21)`."""
-    p = c.p_adjusted if not math.isnan(c.p_adjusted) else c.p_value
-    label = "adjusted p" if not math.isnan(c.p_adjusted) else "p"
-    return f"{c.diff:+.3f} {metric} (95 % CI {c.low:+.3f} to {c.high:+.3f}, {label} = {p:.3f})"
+    """`+0.012 acc@1 (95 % CI −0.004 to +0.028, p = 0.052, Holm-adjusted p = 0.21)`; Holm caps at 1."""
+    adjusted = "" if math.isnan(c.p_adjusted) else f", Holm-adjusted p = {c.p_adjusted:.3f}"
+    return f"{c.diff:+.3f} {metric} (95 % CI {c.low:+.3f} to {c.high:+.3f}, p = {c.p_value:.3f}{adjusted})"

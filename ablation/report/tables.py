@@ -20,6 +20,8 @@ def headline_metrics(rerank_k: int) -> list[tuple[str, str]]:
             if not (mode == "rerank" and metric.startswith("recall_at_") and int(metric.rsplit("_", 1)[1]) <= rerank_k)]
 
 
+SLICES = ("all", "unseen", "self_copy")
+MODES = ("retrieval", "rerank")
 COUNT_KEYS = ["params/total", "params/unique", "params/trainable", "params/query_side", "params/candidate_side", "params/classifier"]
 
 
@@ -31,7 +33,7 @@ def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFram
     if not zs.empty:
         sources.append(("zero-shot", zs))
     for arm, frame in sources:
-        for slice_ in ("all", "unseen"):
+        for slice_ in SLICES:
             prefix = "" if slice_ == "all" else f"{slice_}/"
             for mode, metric in headline_metrics(rerank_k):
                 for task in (*TASKS, "mean"):
@@ -69,10 +71,6 @@ def param_table(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
         row = frame.iloc[0]
         rows.append({"arm": arm, **{k.split("/")[1]: int(row[f"metrics.{k}"]) for k in COUNT_KEYS if f"metrics.{k}" in row and pd.notna(row[f"metrics.{k}"])}})
     return pd.DataFrame(rows)
-
-
-SLICES = ("all", "unseen", "self_copy")
-MODES = ("retrieval", "rerank")
 
 
 def _per_query(runs: StudyRuns, arm: str) -> dict[str, pd.DataFrame]:

@@ -57,10 +57,8 @@ def test_a_realistic_difference_is_detected() -> None:
     assert more_seeds >= 0.8
 
 
-def test_identical_and_constant_tables() -> None:
+def test_an_arm_right_everywhere_is_clearly_better() -> None:
     ref = pd.DataFrame(np.random.default_rng(1).integers(0, 2, size=(50, 3)).astype(float), columns=SEEDS)
-    same = compare(ref, ref.copy())
-    assert same.diff == 0 and same.p_value == 1.0 and not same.significant
     better = ref.copy()
     better[:] = 1.0
     c = compare(ref, better)
