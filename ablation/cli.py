@@ -8,6 +8,9 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from pydantic import ValidationError
+
+from ablation.config import one_line
 from ablation.errors import UserError
 
 
@@ -20,9 +23,9 @@ def _common_tracking(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
-    from ablation.corpus import read_split, resolve_corpus
-    from ablation.slices import query_slices, training_texts
-    from ablation.tasks import task_stats
+    from ablation.data.corpus import read_split, resolve_corpus
+    from ablation.data.slices import query_slices, training_texts
+    from ablation.data.tasks import task_stats
 
     path = resolve_corpus(args.corpus)
     split = read_split(path, args.split, themes=args.themes or ())
@@ -46,17 +49,15 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ablation.config import EvalConfig, ModelConfig
-    from ablation.corpus import read_split, resolve_corpus
-    from ablation.evaluate import metrics_table
+    from ablation.data.corpus import read_split, resolve_corpus
+    from ablation.evaluation.ranking import metrics_table
     from ablation.io import write_csv_atomic
     from ablation.runtime import resolve_device
-    from ablation.slices import query_slices, training_texts
-    from ablation.zeroshot import zero_shot
+    from ablation.data.slices import query_slices, training_texts
+    from ablation.evaluation.zeroshot import zero_shot
 
     if not args.zero_shot:
         raise UserError("evaluate: only --zero-shot is supported here; trained arms are evaluated by `ablation train`")
-    if not 8 <= args.max_length <= 512:
-        raise UserError(f"evaluate: --max-length must be in [8, 512], got {args.max_length}")
     path = resolve_corpus(args.corpus)
     split = read_split(path, args.split)
     model_cfg = ModelConfig(name=args.model, max_length=args.max_length, pooling="mean")
@@ -73,7 +74,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ablation.config import load_config
-    from ablation.train import train_and_track
+    from ablation.training.trainer import train_and_track
 
     overrides = list(args.set or [])
     if args.arm:
@@ -88,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
-    from ablation.runner import run_study
+    from ablation.study.runner import run_study
 
     cfg = load_config(args.config, args.set or [])
     if args.workers < 1:
@@ -108,7 +109,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ablation.bench import run_bench
+    from ablation.bench.measures import run_bench
 
     run_bench(corpus=args.corpus, out=args.out, quick=args.quick)
     return 0
@@ -185,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args._commands[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except ValidationError as exc:  # a config section built from arguments
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,152 +1,156 @@
-"""Typed, frozen experiment configuration, validated when loaded from YAML.
+"""Typed, frozen experiment configuration, validated on every construction path (pydantic).
 
 Every setting has a default here; an experiment YAML overrides only what differs. Unknown keys, wrong
-types and out-of-range values raise :class:`UserError` naming the offending key.
+types and out-of-range values raise :class:`UserError` naming the offending key, whether the config comes
+from YAML, a `--set` override or code.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from ablation.data.tasks import TASKS
 from ablation.errors import UserError
-from ablation.typed_yaml import build, dump_yaml, flatten, merge, parse_override, to_dict
 
 __all__ = ["ExperimentConfig", "TASKS", "dump_yaml", "flatten", "from_dict", "load_config", "replace_path", "to_dict"]
 
-TASKS: tuple[str, ...] = ("sdoc", "sdc", "sdoa", "sda", "stc", "sta", "epc", "epa")
+Seed = Annotated[StrictInt, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
-    return {"range": (lo, hi)}
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     """Which part of the corpus a run uses."""
 
     corpus: str | None = None  # directory or .zip; None: --corpus, else ARGUANA_DIR, else data/
     themes: tuple[str, ...] = ()  # subset by whole themes; empty: all
-    max_debates_per_theme: int | None = field(default=None, metadata=_range(1))
+    max_debates_per_theme: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
-@dataclass(frozen=True)
-class TinyBertConfig:
+class TinyBertConfig(_Section):
     """A randomly initialised BERT, for tests and smoke runs (no download)."""
 
-    hidden_size: int = field(default=32, metadata=_range(8))
-    num_hidden_layers: int = field(default=2, metadata=_range(1))
-    num_attention_heads: int = field(default=2, metadata=_range(1))
-    intermediate_size: int = field(default=64, metadata=_range(8))
+    hidden_size: Annotated[StrictInt, Field(ge=8)] = 32
+    num_hidden_layers: Annotated[StrictInt, Field(ge=1)] = 2
+    num_attention_heads: Annotated[StrictInt, Field(ge=1)] = 2
+    intermediate_size: Annotated[StrictInt, Field(ge=8)] = 64
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyBertConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("model.tiny.hidden_size must be divisible by num_attention_heads")
+        return self
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """The encoder and its heads; `sharing` picks the ablation arm."""
 
     name: str = "all-MiniLM-L6-v2"  # HF id, local path, or "tiny-random"
     sharing: str = "shared"
     pooling: Literal["mean", "cls", "pooler"] = "mean"
-    max_length: int = field(default=128, metadata=_range(8, 512))
-    proj_dim: int = field(default=128, metadata=_range(1))
-    freeze_embeddings: bool = False
-    freeze_layers: int = field(default=0, metadata=_range(0))  # bottom transformer layers to freeze
+    max_length: Annotated[StrictInt, Field(ge=8, le=512)] = 128
+    proj_dim: Annotated[StrictInt, Field(ge=1)] = 128
+    freeze_embeddings: StrictBool = False
+    freeze_layers: Annotated[StrictInt, Field(ge=0)] = 0  # bottom transformer layers to freeze
     head_init: Literal["pca", "random"] = "pca"  # pca: top principal components of the pooled training texts
     tiny: TinyBertConfig = TinyBertConfig()
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation settings of one run."""
 
-    epochs: int = field(default=3, metadata=_range(1))
-    batch_size: int = field(default=8, metadata=_range(1))
+    epochs: Annotated[StrictInt, Field(ge=1)] = 3
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 8
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = field(default=3e-6, metadata=_range(0.0))
-    head_lr: float | None = field(default=None, metadata=_range(0.0))  # heads + classifier; None: lr
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    warmup_steps: int = field(default=0, metadata=_range(0))
-    grad_clip: float | None = field(default=None, metadata=_range(0.0))
+    lr: Annotated[float, Field(ge=0.0)] = 3e-6
+    head_lr: Annotated[float, Field(ge=0.0)] | None = None  # heads + classifier; None: lr
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    warmup_steps: Annotated[StrictInt, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(ge=0.0)] | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; applies on CUDA only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_train_queries: int | None = field(default=None, metadata=_range(1))
-    grad_cosine_every: int = field(default=10, metadata=_range(0))  # 0: never
-    bucket_size: int = field(default=50, metadata=_range(1))  # batches per length bucket
+    max_train_queries: Annotated[StrictInt, Field(ge=1)] | None = None
+    grad_cosine_every: Annotated[StrictInt, Field(ge=0)] = 10  # 0: never
+    bucket_size: Annotated[StrictInt, Field(ge=1)] = 50  # batches per length bucket
 
 
-@dataclass(frozen=True)
-class NegativesConfig:
+class NegativesConfig(_Section):
     """Hard-negative mining with a scheduled share of random negatives: the rate goes linearly from
     `random_rate` at the first step to `random_rate_final` at the last (None: constant)."""
 
-    random_rate: float = field(default=0.8, metadata=_range(0.0, 1.0))
-    random_rate_final: float | None = field(default=None, metadata=_range(0.0, 1.0))
-    reuse_train_embeddings: bool = False
+    random_rate: Rate = 0.8
+    random_rate_final: Rate | None = None
+    reuse_train_embeddings: StrictBool = False
     index: Literal["auto", "balltree", "brute"] = "auto"
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
     """What validation and test evaluation compute."""
 
-    ks: tuple[int, ...] = (1, 5, 10)
-    rerank_k: int = field(default=10, metadata=_range(1))
-    val_tasks: tuple[str, ...] = TASKS
-    batch_size: int = field(default=64, metadata=_range(1))
-    max_val_queries: int | None = field(default=None, metadata=_range(1))
+    ks: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(default=(1, 5, 10), min_length=1)
+    rerank_k: Annotated[StrictInt, Field(ge=1)] = 10
+    val_tasks: tuple[Literal[TASKS], ...] = TASKS  # type: ignore[valid-type]
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 64
+    max_val_queries: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Section):
     """Where MLflow writes; --tracking-uri and MLFLOW_TRACKING_URI take precedence."""
 
     uri: str | None = None
     experiment: str | None = None  # default: the study name
 
 
-@dataclass(frozen=True)
-class SearchParam:
-    """One tuned hyperparameter: a float range, sampled by TPE."""
+class SearchParam(_Section):
+    """One tuned hyperparameter: a float range, sampled by TPE (on a log scale with `log`)."""
 
     low: float = 0.0
     high: float = 1.0
-    log: bool = False
+    log: StrictBool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchParam:
+        if self.low > self.high:
+            raise ValueError("low > high")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
 
 
-@dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(_Section):
     """The ablation study: arms, tuning budget, seeds and objective."""
 
     name: str = "study"
     arms: tuple[str, ...] = ("shared", "unshared")
-    n_trials: int = field(default=4, metadata=_range(0))
-    seeds: tuple[int, ...] = (1, 2, 3)
-    tuning_seed: int = field(default=0, metadata=_range(0))  # trials train under it, and TPE samples with it
+    n_trials: Annotated[StrictInt, Field(ge=0)] = 4
+    seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1)
+    tuning_seed: Seed = 0  # trials train under it, and TPE samples with it
     objective: str = "val/retrieval/acc_at_1/mean"  # the bi-encoder itself; the reranker is reported beside it
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
-    pruner_warmup_epochs: int = field(default=1, metadata=_range(0))
-    pruner_startup_trials: int = field(default=2, metadata=_range(0))
-    search_space: dict[str, SearchParam] = field(
-        default_factory=lambda: {
-            "negatives.random_rate": SearchParam(0.0, 1.0),
-            "negatives.random_rate_final": SearchParam(0.0, 1.0),
-        }
-    )
+    pruner_warmup_epochs: Annotated[StrictInt, Field(ge=0)] = 1
+    pruner_startup_trials: Annotated[StrictInt, Field(ge=0)] = 2
+    search_space: dict[str, SearchParam] = Field(default_factory=lambda: {
+        "negatives.random_rate": SearchParam(low=0.0, high=1.0),
+        "negatives.random_rate_final": SearchParam(low=0.0, high=1.0),
+    })
     storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
-    zero_shot: bool = True
+    zero_shot: StrictBool = True
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Section):
     """Everything one experiment YAML describes."""
 
-    seed: int = 1
+    seed: Seed = 1
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -155,61 +159,132 @@ class ExperimentConfig:
     tracking: TrackingConfig = TrackingConfig()
     study: StudyConfig = StudyConfig()
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
         from models.arms import ARMS  # local: models imports torch, config must stay light
 
         for arm in (self.model.sharing, *self.study.arms):
             if arm not in ARMS:
-                raise UserError(f"config: unknown arm {arm!r} (known: {', '.join(sorted(ARMS))})")
-        if not self.study.arms or len(set(self.study.arms)) != len(self.study.arms):
-            raise UserError("config: study.arms must list at least one arm, each once")
-        if not self.study.seeds:
-            raise UserError("config: study.seeds must list at least one seed")
-        for task in self.eval.val_tasks:
-            if task not in TASKS:
-                raise UserError(f"config: eval.val_tasks: unknown task {task!r} (known: {', '.join(TASKS)})")
-        if not self.eval.ks or min(self.eval.ks) < 1:
-            raise UserError("config: eval.ks must be a non-empty list of positive integers")
-        if self.model.tiny.hidden_size % self.model.tiny.num_attention_heads:
-            raise UserError("config: model.tiny.hidden_size must be divisible by num_attention_heads")
-        for key, space in self.study.search_space.items():
-            if space.low > space.high:
-                raise UserError(f"config: study.search_space.{key}: low > high")
-            _get_path(self, key)  # must name an existing setting
+                raise ValueError(f"unknown arm {arm!r} (known: {', '.join(sorted(ARMS))})")
+        if len(set(self.study.arms)) != len(self.study.arms) or not self.study.arms:
+            raise ValueError("study.arms must list at least one arm, each once")
+        for key in self.study.search_space:
+            if _setting_type(key) is not float:
+                raise ValueError(f"study.search_space: {key!r} does not name a number setting that can be sampled")
+        return self
 
 
-def _get_path(cfg: Any, dotted: str) -> Any:
-    obj = cfg
+def _setting_type(dotted: str) -> Any:
+    """The plain type of the setting at `dotted` (float for `float | None`), or None if there is none."""
+    cls: Any = ExperimentConfig
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
-            raise UserError(f"config: {dotted!r} does not name a setting")
-        obj = getattr(obj, part)
-    return obj
+        fields = getattr(cls, "model_fields", {})
+        if part not in fields:
+            return None
+        cls = fields[part].annotation
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        if typing.get_origin(cls) in (typing.Union, types.UnionType) and args:
+            cls = args[0]
+        if typing.get_origin(cls) is Annotated:
+            cls = typing.get_args(cls)[0]
+    return cls
 
 
-def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+_MESSAGES = {
+    "int_type": "expected an integer, got {input!r}", "int_parsing": "expected an integer, got {input!r}",
+    "float_type": "expected a number, got {input!r}", "float_parsing": "expected a number, got {input!r}",
+    "finite_number": "expected a finite number, got {input!r}", "bool_type": "expected true/false, got {input!r}",
+    "greater_than_equal": "{input!r} is below the minimum {ge}", "less_than_equal": "{input!r} is above the maximum {le}",
+    "literal_error": "{input!r} is not one of {expected}", "model_type": "expected a mapping, got {kind}",
+    "dict_type": "expected a mapping, got {kind}", "tuple_type": "expected a list, got {kind}",
+    "string_type": "expected a string, got {input!r}", "too_short": "must not be empty",
+}
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first validation error as `config: <key>: <problem>` (sections built in code raise
+    ValidationError; the CLI reports it with this line)."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    if err["type"] == "extra_forbidden":
+        where = ".".join(loc[:-1])
+        return f"config: unknown key {where + '.' if where else ''}{loc[-1]!r}"
+    ctx = {**err.get("ctx", {}), "input": err.get("input"), "kind": type(err.get("input")).__name__}
+    template = _MESSAGES.get(err["type"])
+    text = template.format(**ctx) if template else str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+    return f"config: {'.'.join(loc) + ': ' if loc else ''}{text}"
+
+
+def from_dict(values: Any) -> ExperimentConfig:
     """Validate a (possibly partial) mapping and fill in defaults."""
     if not isinstance(values, dict):
         raise UserError("config: the top level must be a mapping")
-    return build(ExperimentConfig, values)
+    try:
+        return ExperimentConfig.model_validate(values)
+    except ValidationError as exc:
+        raise UserError(one_line(exc)) from None
+
+
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+    return cfg.model_dump(mode="json")
+
+
+def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1}}` → `{"train.lr": 1}`; used for MLflow params."""
+    data = to_dict(cfg) if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    """A config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into `base`; a search space is replaced whole."""
+    out = dict(base)
+    for key, value in override.items():
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "search_space"
+        out[key] = _merge(out[key], value) if merge else value
+    return out
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """`train.lr=1e-5` → {"train": {"lr": 1e-5}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise UserError(f"override {text!r}: the value is not valid YAML") from None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Load an experiment YAML (or the defaults when `path` is None) and apply `key=value` overrides."""
-    values: dict[str, Any] = {}
+    values: Any = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"config: no such file: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"config: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        values = loaded or {}
         if not isinstance(values, dict):
             raise UserError(f"config: {p}: the top level must be a mapping")
     for text in overrides:
-        values = merge(values, parse_override(text), whole=frozenset({"search_space"}))  # a space is replaced whole
+        values = _merge(values, _parse_override(text))
     return from_dict(values)
 
 
@@ -222,5 +297,3 @@ def replace_path(cfg: ExperimentConfig, dotted: str, value: Any) -> ExperimentCo
         node = node[part]
     node[parts[-1]] = value
     return from_dict(values)
-
-

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from transformers.utils import logging as hf_logging
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
-
-from ablation.config import ModelConfig
-from ablation.errors import UserError
+from transformers.utils import logging as hf_logging
 
 TINY = "tiny-random"
 MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -27,30 +25,42 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of the model; the tiny random BERT borrows all-MiniLM-L6-v2's vocabulary."""
-    where = resolve_model("all-MiniLM-L6-v2" if cfg.name == TINY else cfg.name)
+@dataclass(frozen=True)
+class TinyBert:
+    """The shape of a randomly initialised BERT, for tests and smoke runs (no download)."""
+
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 64
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model; the tiny random BERT borrows all-MiniLM-L6-v2's vocabulary. Raises
+    ValueError when it cannot be loaded."""
+    where = resolve_model("all-MiniLM-L6-v2" if name == TINY else name)
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model: cannot load tokenizer {cfg.name!r}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"cannot load tokenizer {name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def load_encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    """The encoder: pretrained weights from `cfg.name`, or a tiny BERT initialised from the torch RNG."""
-    add_pooler = cfg.pooling == "pooler"
-    if cfg.name == TINY:
-        t = cfg.tiny
+def load_encoder(name: str, vocab_size: int, pooling: str = "mean", max_length: int = 512,
+                 tiny: TinyBert = TinyBert()) -> nn.Module:
+    """The encoder: pretrained weights from `name`, or (`tiny-random`) a tiny BERT initialised from the
+    torch RNG. Raises ValueError when it cannot be loaded."""
+    add_pooler = pooling == "pooler"
+    if name == TINY:
         config = BertConfig(
             vocab_size=vocab_size,
-            hidden_size=t.hidden_size,
-            num_hidden_layers=t.num_hidden_layers,
-            num_attention_heads=t.num_attention_heads,
-            intermediate_size=t.intermediate_size,
-            max_position_embeddings=max(cfg.max_length, 64),
+            hidden_size=tiny.hidden_size,
+            num_hidden_layers=tiny.num_hidden_layers,
+            num_attention_heads=tiny.num_attention_heads,
+            intermediate_size=tiny.intermediate_size,
+            max_position_embeddings=max(max_length, 64),
         )
         return BertModel(config, add_pooling_layer=add_pooler)
-    where = resolve_model(cfg.name)
+    where = resolve_model(name)
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists unused pooler weights; we check what matters
     hf_logging.disable_progress_bar()
@@ -61,13 +71,13 @@ def load_encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
             model, info = AutoModel.from_pretrained(where, output_loading_info=True)
     except (OSError, ValueError) as exc:
         hint = "" if Path(where).exists() else " (no such path; hub ids need HF_HUB_OFFLINE=0 and network)"
-        raise UserError(f"model: cannot load {cfg.name!r}: {str(exc).splitlines()[0]}{hint}") from None
+        raise ValueError(f"cannot load {name!r}: {str(exc).splitlines()[0]}{hint}") from None
     finally:
         hf_logging.set_verbosity(previous)
         hf_logging.enable_progress_bar()
     missing = info.get("missing_keys") or []
     if missing:
-        warnings.warn(f"{cfg.name}: {len(missing)} weights not in the checkpoint were initialised randomly "
+        warnings.warn(f"{name}: {len(missing)} weights not in the checkpoint were initialised randomly "
                       f"(e.g. {sorted(missing)[:3]})", stacklevel=2)
     return model
 
@@ -84,6 +94,6 @@ def freeze(encoder: nn.Module, embeddings: bool, layers: int) -> None:
     if layers:
         blocks = encoder.encoder.layer
         if layers > len(blocks):
-            raise UserError(f"config: model.freeze_layers={layers} but the encoder has {len(blocks)} layers")
+            raise ValueError(f"freeze_layers={layers} but the encoder has {len(blocks)} layers")
         for block in blocks[:layers]:
             block.requires_grad_(False)

@@ -12,9 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ablation.config import ModelConfig
 from models.arms import ARMS
-from models.backbone import freeze, hidden_size, load_encoder
+from models.backbone import TinyBert, freeze, hidden_size, load_encoder
 from models.pooling import Tower
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask
@@ -142,13 +141,31 @@ class BiEncoder(nn.Module):
         return (self.query_tower, self.query_head) if side == "query" else (self.cand_tower, self.cand_head)
 
 
-def build_biencoder(cfg: ModelConfig, vocab_size: int) -> BiEncoder:
-    """Build the arm named by `cfg.sharing`. Uses the torch RNG (tiny encoder init, head init): seed first."""
-    encoder = load_encoder(cfg, vocab_size)
-    freeze(encoder, cfg.freeze_embeddings, cfg.freeze_layers)
-    tower = Tower(encoder, cfg.pooling)
+@dataclass(frozen=True)
+class BiEncoderSpec:
+    """What `build_biencoder` builds: the encoder (HF id, local path or `tiny-random`), the arm, pooling,
+    the head's width and what to freeze."""
+
+    name: str
+    sharing: str = "shared"
+    pooling: str = "mean"
+    max_length: int = 128
+    proj_dim: int = 128
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    tiny: TinyBert = TinyBert()
+
+
+def build_biencoder(spec: BiEncoderSpec, vocab_size: int) -> BiEncoder:
+    """Build the arm named by `spec.sharing`. Uses the torch RNG (tiny encoder init, head init): seed first.
+    Raises ValueError for an unknown arm or a model that cannot be loaded or frozen as asked."""
+    if spec.sharing not in ARMS:
+        raise ValueError(f"unknown arm {spec.sharing!r} (known: {', '.join(sorted(ARMS))})")
+    encoder = load_encoder(spec.name, vocab_size, spec.pooling, spec.max_length, spec.tiny)
+    freeze(encoder, spec.freeze_embeddings, spec.freeze_layers)
+    tower = Tower(encoder, spec.pooling)
     h = hidden_size(encoder)
-    head = nn.Linear(h, cfg.proj_dim)
-    classifier = PairClassifier(h, cfg.proj_dim)
-    q_tower, c_tower, q_head, c_head = ARMS[cfg.sharing](tower, head)
-    return BiEncoder(q_tower, c_tower, q_head, c_head, classifier, cfg.sharing)
+    head = nn.Linear(h, spec.proj_dim)
+    classifier = PairClassifier(h, spec.proj_dim)
+    q_tower, c_tower, q_head, c_head = ARMS[spec.sharing](tower, head)
+    return BiEncoder(q_tower, c_tower, q_head, c_head, classifier, spec.sharing)

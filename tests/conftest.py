@@ -6,7 +6,23 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from ablation.data.corpus import Split
+from ablation.data.tasks import TASKS, TaskMasks
+from ablation.evaluation.ranking import evaluate_scores
+from models.biencoder import BiEncoder, BiEncoderSpec, build_biencoder
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+SMOKE = EXPERIMENTS / "smoke.yaml"
+QUICK = EXPERIMENTS / "quick.yaml"
+FIXTURE = ["data.themes=[]", "data.max_debates_per_theme=null"]
+"""Overrides that point the smoke experiment at the whole fixture corpus."""
+
+VOCAB = 120
 
 WORDS = (
     "tax school health border speech police climate energy vote church science trade law army "
@@ -83,3 +99,56 @@ def real_corpus() -> Path:
     if not (path / "test").is_dir() and not path.is_file():
         pytest.fail(f"ARGUANA_DIR={where} is set but not a readable ArguAna corpus")
     return path
+
+
+def tiny_biencoder(arm: str, seed: int = 0) -> BiEncoder:
+    """A tiny random bi-encoder of `arm` (vocabulary of 120, head width 8), from the torch RNG at `seed`."""
+    torch.manual_seed(seed)
+    return build_biencoder(BiEncoderSpec(name="tiny-random", sharing=arm, max_length=16, proj_dim=8), VOCAB)
+
+
+def token_batch(seed: int) -> dict[str, torch.Tensor]:
+    """4 random sequences of 10 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(5, VOCAB, (4, 10), generator=g), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+
+
+def smoke_config(**overrides: object):  # type: ignore[no-untyped-def]
+    """The smoke experiment on the whole fixture corpus, 2 epochs, with `key=value` overrides."""
+    from ablation.config import load_config
+
+    return load_config(SMOKE, [*FIXTURE, "train.epochs=2", *(f"{k}={v}" for k, v in overrides.items())])
+
+
+def hashed_scorer(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """A deterministic pair scorer with distinct probabilities, unrelated to the retrieval scores."""
+    return np.sin(q * 12.9898 + c * 78.233) * 0.5 + 0.5
+
+
+def reference_ranks(split: Split, scores: np.ndarray, k: int) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per (mode, task): true ranks and top-1 columns, query by query from the dense task masks (scores
+    without ties): retrieval sorts the pool; rerank sorts its top k by `hashed_scorer`, then by score."""
+    masks, n, out = TaskMasks(split), split.n, {}
+    for task in TASKS:
+        mask = masks.mask(task)
+        ranks = {mode: np.zeros(n, dtype=np.int64) for mode in ("retrieval", "rerank")}
+        top1 = {mode: np.zeros(n, dtype=np.int64) for mode in ("retrieval", "rerank")}
+        for i in range(n):
+            pool = np.flatnonzero(mask[i])
+            order = pool[np.argsort(-scores[i, pool], kind="stable")]
+            ranks["retrieval"][i] = int(np.flatnonzero(order == i)[0]) + 1
+            top = order[:k]
+            top = top[np.lexsort((-scores[i, top], -hashed_scorer(np.full(len(top), i), top)))]
+            ranks["rerank"][i] = int(np.flatnonzero(top == i)[0]) + 1 if i in top else ranks["retrieval"][i]
+            top1["retrieval"][i], top1["rerank"][i] = order[0], top[0]
+        for mode in ranks:
+            out[mode, task] = ranks[mode], top1[mode]
+    return out
+
+
+def assert_matches_reference(split: Split, k: int, seed: int) -> None:
+    scores = np.random.default_rng(seed).normal(size=(split.n, 2 * split.n)).astype(np.float32)
+    result = evaluate_scores(split, scores, scorer=hashed_scorer, rerank_k=k)
+    for key, (ranks, top1) in reference_ranks(split, scores, k).items():
+        assert np.array_equal(result.ranks[key][0], ranks), key
+        assert np.array_equal(result.ranks[key][1], top1), key

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ablation.config import TASKS
-from ablation.corpus import REPO_ROOT
+from ablation.data.tasks import TASKS
+from ablation.data.corpus import REPO_ROOT
 from ablation.io import write_csv_atomic, write_text_atomic
 from ablation.report.figures import report_figures
 from ablation.report.reader import StudyRuns, read_study
@@ -231,7 +231,7 @@ def _tuning_section(runs: StudyRuns, arms: list[str], images: dict[str, bytes]) 
 def build_report(study: str, tracking_uri: str | None = None, out_dir: str | None = None,
                  experiment: str | None = None) -> ReportPaths:
     """Read study `study` from MLflow and write report.html, report.md, figures and summary.csv."""
-    from ablation.tracking import Tracker, resolve_tracking_uri
+    from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     runs = read_study(study, uri, experiment)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablation.report.reader import StudyRuns  # noqa: E402
-from ablation.tuning_plots import FINAL, RATE, tuning_figures  # noqa: E402
+from ablation.study.tuning_plots import FINAL, RATE, tuning_figures  # noqa: E402
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 

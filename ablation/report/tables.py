@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ablation.config import TASKS
+from ablation.data.tasks import TASKS
 from ablation.report.reader import StudyRuns
 from ablation.report.stats import MIN_SEEDS, Comparison, compare, correctness, holm
 

@@ -35,6 +35,7 @@ def test_data_stats_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -> No
         (["data-stats", "--split", "dev"], "no such split"),
         (["evaluate", "--split", "test"], "only --zero-shot"),
         (["train", "--config", "/no/such.yaml"], "no such file"),
+        (["evaluate", "--zero-shot", "--max-length", "4"], "max_length: 4 is below the minimum 8"),
     ],
 )
 def test_bad_input_exit_2_one_line(corpus: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

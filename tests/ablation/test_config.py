@@ -35,15 +35,37 @@ def test_yaml_overrides_only_what_differs(tmp_path: Path) -> None:
         ("negatives:\n  random_rate: 1.5\n", "negatives.random_rate: 1.5 is above the maximum"),
         ("model:\n  pooling: max\n", "model.pooling: 'max' is not one of"),
         ("model:\n  sharing: half\n", "unknown arm 'half'"),
-        ("eval:\n  val_tasks: [sdoc, xyz]\n", "unknown task 'xyz'"),
+        ("eval:\n  val_tasks: [sdoc, xyz]\n", "eval.val_tasks: 'xyz' is not one of 'sdoc'"),
+        ("negatives:\n  random_rate: .nan\n", "negatives.random_rate: expected a finite number"),
+        ("study:\n  seeds: [1, -2]\n", "study.seeds: -2 is below the minimum 0"),
+        ("study:\n  tuning_seed: -1\n", "study.tuning_seed: -1 is below the minimum 0"),
+        ("study:\n  search_space:\n    negatives.random_rate: {low: 0, high: 1, log: true}\n", "log: true needs low > 0"),
+        ("study:\n  search_space:\n    train.epochs: {low: 1, high: 3}\n", "does not name a number setting"),
+        ("model:\n  freeze_embeddings: 'yes'\n", "model.freeze_embeddings: expected true/false"),
         ("train: [1, 2]\n", "train: expected a mapping"),
-        ("study:\n  search_space:\n    train.nope: {low: 0, high: 1}\n", "does not name a setting"),
+        ("study:\n  search_space:\n    train.nope: {low: 0, high: 1}\n", "does not name a number setting"),
         ("a: [\n", "not valid YAML"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(_write(tmp_path, text))
+
+
+def test_code_built_sections_are_validated_too() -> None:
+    from pydantic import ValidationError
+
+    from ablation.config import ModelConfig, one_line
+
+    with pytest.raises(ValidationError) as err:
+        ModelConfig(max_length=4)
+    assert one_line(err.value) == "config: max_length: 4 is below the minimum 8"
+    with pytest.raises(ValidationError, match="nope"):
+        ModelConfig(nope=1)
+    with pytest.raises(UserError, match="unknown arm 'half'"):
+        replace_path(ExperimentConfig(), "model.sharing", "half")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(None, ["train.lr=[1,"])
 
 
 def test_missing_file_and_cli_overrides(tmp_path: Path) -> None:

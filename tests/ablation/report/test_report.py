@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import TASKS, load_config
+from ablation.config import load_config
+from ablation.data.tasks import TASKS
 from ablation.report.build import build_report
 from ablation.report.stats import holm
-from ablation.runner import run_study
-from tests.conftest import make_corpus
+from ablation.study.runner import run_study
+from tests.conftest import SMOKE, make_corpus
 
-SMOKE = Path(__file__).resolve().parents[3] / "experiments" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,62 @@
+"""Evaluating a trained bi-encoder: encode both sides, retrieve by negative L2 distance of the projected
+vectors, rerank the top-K by the pair classifier's positive-class probability."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ablation.config import EvalConfig
+from ablation.data.run_data import TokenizedSplit
+from ablation.evaluation.encoding import encode
+from ablation.evaluation.ranking import EvalResult, PairScorer, evaluate_scores, score_matrix
+from ablation.runtime import autocast
+from models.biencoder import BiEncoder
+
+
+def encode_sides(model: BiEncoder, data: TokenizedSplit, pad_id: int, batch_size: int, device: torch.device,
+                 precision: str = "fp32") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(query side, candidate side) pooled and projected vectors; the model is left in the mode it had."""
+    was_training = model.training
+    model.eval()
+
+    def side(fn):  # type: ignore[no-untyped-def]
+        def run(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            with autocast(device, precision):
+                pooled, proj = fn(batch)
+            return {"pool": pooled, "proj": proj}
+        return run
+
+    try:
+        q = encode(side(model.encode_query), data.query_tokens, pad_id, batch_size, device, f"encode {data.split.name} queries")
+        c = encode(side(model.encode_candidate), data.cand_tokens, pad_id, batch_size, device, f"encode {data.split.name} candidates")
+    finally:
+        model.train(was_training)
+    return q, c
+
+
+def pair_scorer(model: BiEncoder, q: dict[str, np.ndarray], c: dict[str, np.ndarray], device: torch.device,
+                chunk: int | None = None) -> PairScorer:
+    """A scorer that runs the pair classifier on many (query, candidate) index pairs at once. On CPU the
+    pairs go in chunks of 1024 (2 MiB of gathered rows per side, close to cache-resident): the fastest of
+    128-4096 measured on a 2-core machine, 3-4x faster than 16k chunks."""
+    with torch.no_grad():  # the per-query and per-candidate terms need no autograd graph either
+        margin = model.classifier.indexed({k: torch.as_tensor(v, device=device) for k, v in q.items()},
+                                          {k: torch.as_tensor(v, device=device) for k, v in c.items()})
+    chunk = chunk or (1024 if device.type == "cpu" else 1 << 16)
+
+    @torch.no_grad()
+    def score(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+        m = margin(torch.as_tensor(qi, device=device), torch.as_tensor(ci, device=device), chunk)
+        return m.sigmoid_().cpu().numpy()
+
+    return score
+
+
+def evaluate_model(model: BiEncoder, data: TokenizedSplit, pad_id: int, cfg: EvalConfig, device: torch.device,
+                   tasks: tuple[str, ...], precision: str = "fp32") -> EvalResult:
+    """Retrieval and reranked metrics of `model` on every task in `tasks`."""
+    q, c = encode_sides(model, data, pad_id, cfg.batch_size, device, precision)
+    scores = score_matrix(q["proj"], c["proj"], "l2")
+    scorer = pair_scorer(model, q, c, device)
+    return evaluate_scores(data.split, scores, tasks, cfg.ks, scorer=scorer, rerank_k=cfg.rerank_k, slices=data.slices)

@@ -1,0 +1,116 @@
+"""`ablation run` / `make ablation`: set up a study, run its workers, finish it, and report.
+
+The main process validates everything first (config, corpus, model, objective: bad input leaves no run),
+finds or creates the study and arm runs, then works itself or starts `workers` processes that share the
+studies through the Optuna storage and the locks in the run directory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from ablation.config import ExperimentConfig, dump_yaml
+from ablation.data.corpus import REPO_ROOT
+from ablation.data.run_data import load_run_data
+from ablation.study.tuning import StudyContext, best_config, check_objective, final_runs, optuna_study, tune_arm, zero_shot_run
+from ablation.tracking.store import Tracker, git_commit, package_versions, resolve_tracking_uri
+from ablation.study.tuning_plots import tuning_figures, trials_table
+from ablation.study.workers import locked
+
+ARM_COLORS = ["C0", "C1", "C2", "C3", "C4", "C5"]
+
+
+def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None) -> StudyContext:
+    check_objective(cfg)
+    data = load_run_data(cfg, corpus)
+    tracker = Tracker(resolve_tracking_uri(tracking_uri, cfg.tracking.uri))
+    experiment = cfg.tracking.experiment or cfg.study.name
+    folder = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.study.name
+    folder.mkdir(parents=True, exist_ok=True)
+    name = cfg.study.name
+    with locked(folder / "study.lock"):
+        study_run = tracker.find_or_create_run(experiment, name, {"study": name, "role": "study"})
+        arm_runs = {arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
+                    for arm in cfg.study.arms}
+    for key, value in {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}.items():
+        tracker.client.set_tag(study_run, key, value)  # as of this (re)start
+    return StudyContext(cfg, data, tracker, experiment, folder, study_run, arm_runs)
+
+
+def work(ctx: StudyContext) -> None:
+    """Everything one worker does: the reference row, tuning of every arm, then the final seeds."""
+    zero_shot_run(ctx)
+    for arm in ctx.cfg.study.arms:
+        tune_arm(ctx, arm)
+    for arm in ctx.cfg.study.arms:
+        final_runs(ctx, arm)
+
+
+def _worker_main(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    work(_context(cfg, corpus, tracking_uri, run_dir))
+
+
+def _finish(ctx: StudyContext) -> list[str]:
+    """Tuning figures on the arm runs, study params on the study run, and a summary of the results."""
+    client = ctx.tracker.client
+    cfg = ctx.cfg
+    lines = []
+    client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
+    for i, arm in enumerate(cfg.study.arms):
+        study = optuna_study(ctx, arm)
+        figures = tuning_figures(trials_table(study), cfg.study.objective, arm, ARM_COLORS[i % len(ARM_COLORS)],
+                                 cfg.study.direction == "maximize")
+        for name, fig in figures.items():
+            client.log_figure(ctx.arm_runs[arm], fig, name)
+            plt.close(fig)
+        _, best = best_config(ctx, arm)
+        for key, value in best.items():
+            client.set_tag(ctx.arm_runs[arm], f"best.{key}", f"{value:.6g}")
+        client.set_terminated(ctx.arm_runs[arm], "FINISHED")
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        shown = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in best.items()) or "defaults (no complete trial)"
+        lines.append(f"  {arm}: best {shown}; trials {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+                     f"{states.count('FAIL')} failed")
+    client.set_terminated(ctx.study_run, "FINISHED")
+    return lines
+
+
+def run_study(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: str | None = None, run_dir: str | None = None,
+              workers: int = 1, report: bool = True) -> str:
+    """Run (or resume) the whole study; returns a summary saying where the results are."""
+    start = time.perf_counter()
+    ctx = _context(cfg, corpus, tracking_uri, run_dir)
+    if workers == 1:
+        work(ctx)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        spawn = mp.get_context("spawn")
+        procs = [spawn.Process(target=_worker_main, args=(cfg, corpus, tracking_uri, str(ctx.run_dir), threads))
+                 for _ in range(workers)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            raise
+        failed = [p.exitcode for p in procs if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"{len(failed)} worker(s) failed (exit codes {failed}); rerun to resume")
+    lines = [f"study {cfg.study.name!r} done in {time.perf_counter() - start:.0f} s",
+             f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)", *_finish(ctx)]
+    if report:
+        from ablation.report.build import build_report
+
+        paths = build_report(cfg.study.name, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment)
+        lines.append(f"report: {paths.html}")
+    return "\n".join(lines)

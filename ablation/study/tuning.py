@@ -1,0 +1,229 @@
+"""The ablation study: per arm, Optuna tunes negative sampling on validation, then the best parameters are
+retrained under every seed and tested; a zero-shot run is the reference row.
+
+MLflow layout (one experiment per study): study run → arm runs → trial and final runs, plus a zero-shot
+run under the study, all tagged with `role`. Resumable: finished work is found and skipped, work left
+behind by a dead process is failed (Optuna) or deleted (MLflow) and redone. Several workers may share a
+study; a lock around "count the budget, ask a trial" keeps each arm at exactly `n_trials`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ablation.config import ExperimentConfig, replace_path
+from ablation.data.run_data import RunData
+from ablation.errors import UserError
+from ablation.training.recorder import MemoryRecorder
+from ablation.tracking.store import Tracker
+from ablation.training.trainer import NonFiniteLoss, Trainer, run_tags
+from ablation.study.workers import alive, claim, locked, owner, release
+
+COUNTED = "counted"  # user attr: a failed trial that used budget (non-finite loss), not a crashed worker
+
+
+@dataclass
+class StudyContext:
+    """What every worker of one study shares."""
+
+    cfg: ExperimentConfig
+    data: RunData
+    tracker: Tracker
+    experiment: str
+    run_dir: Path
+    study_run: str
+    arm_runs: dict[str, str]
+    studies: dict[str, optuna.Study] = field(default_factory=dict)
+
+    def storage(self) -> optuna.storages.BaseStorage | str:
+        if self.cfg.study.storage:
+            return self.cfg.study.storage
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(self.run_dir / "optuna.journal")))
+
+
+def check_objective(cfg: ExperimentConfig) -> None:
+    """The objective must name a validation metric the trainer records."""
+    parts = cfg.study.objective.split("/")
+    metrics = {"acc_at_1", "mrr", *(f"recall_at_{k}" for k in cfg.eval.ks)}
+    if (len(parts) != 4 or parts[0] != "val" or parts[1] not in ("retrieval", "rerank") or parts[2] not in metrics
+            or parts[3] not in (*cfg.eval.val_tasks, "mean")):
+        raise UserError(f"config: study.objective {cfg.study.objective!r} is not a validation metric "
+                        "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)")
+
+
+def optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
+    if arm in ctx.studies:
+        return ctx.studies[arm]
+    s = ctx.cfg.study
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
+        if s.pruner == "median" else optuna.pruners.NopPruner())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx.studies[arm] = optuna.create_study(
+        study_name=f"{s.name}-{arm}", storage=ctx.storage(), load_if_exists=True, direction=s.direction,
+        sampler=optuna.samplers.TPESampler(seed=s.tuning_seed), pruner=pruner)
+    return ctx.studies[arm]
+
+
+def _used(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get(COUNTED, False))
+
+
+def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
+    """Fail trials whose worker died, and delete MLflow runs that a dead worker left open."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not alive(t.user_attrs.get("host"), t.user_attrs.get("pid")):
+            study.tell(t.number, state=TrialState.FAIL)
+    exp_id = ctx.tracker.experiment_id(ctx.experiment)
+    flt = f"tags.study = '{ctx.cfg.study.name}' and tags.arm = '{arm}' and attributes.status != 'FINISHED'"
+    for run in ctx.tracker.client.search_runs([exp_id], filter_string=flt):
+        tags = run.data.tags
+        if tags.get("role") in ("trial", "final") and run.info.status in ("RUNNING", "KILLED") \
+                and not alive(tags.get("host"), tags.get("pid")):
+            ctx.tracker.client.delete_run(run.info.run_id)
+
+
+def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfig:
+    for key, space in sorted(cfg.study.search_space.items()):
+        cfg = replace_path(cfg, key, trial.suggest_float(key, space.low, space.high, log=space.log))
+    return cfg
+
+
+def _train(ctx: StudyContext, cfg: ExperimentConfig, name: str, tags: dict[str, str], parent: str, trial: optuna.trial.Trial | None = None) -> float | None:
+    """One tracked training run; with `trial`, each epoch reports to Optuna and may be pruned."""
+    objective = ctx.cfg.study.objective
+
+    def on_epoch(epoch: int, val: dict[str, float]) -> None:
+        if trial is None:
+            return
+        trial.report(val[objective], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    trainer = Trainer(cfg, ctx.data, MemoryRecorder(), on_epoch, test=trial is None)
+    all_tags = {**run_tags(cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, **tags}
+    pruned = False
+    with ctx.tracker.run(ctx.experiment, name, all_tags, parent) as rec:
+        trainer.rec = rec
+        try:
+            trainer.fit()
+            rec.set_tags({"state": "complete"})
+        except optuna.TrialPruned:  # a normal outcome: the run ends FINISHED, tagged pruned
+            rec.set_tags({"state": "pruned"})
+            pruned = True
+    if pruned:
+        raise optuna.TrialPruned()
+    return trainer.result.val_history[-1][objective] if trainer.result.val_history else None
+
+
+def tune_arm(ctx: StudyContext, arm: str) -> None:
+    """Run trials for `arm` until its budget is used (shared with any other worker)."""
+    study = optuna_study(ctx, arm)
+    base = replace_path(replace_path(ctx.cfg, "model.sharing", arm), "seed", ctx.cfg.study.tuning_seed)
+    while True:
+        with locked(ctx.run_dir / "study.lock"):
+            _clean_stale(ctx, study, arm)
+            trials = study.get_trials(deepcopy=False)
+            if sum(_used(t) or t.state == TrialState.RUNNING for t in trials) >= ctx.cfg.study.n_trials:
+                return
+            trial = study.ask()
+            for k, v in owner().items():
+                trial.set_user_attr(k, v)
+        cfg = _sample(trial, base)
+        try:
+            value = _train(ctx, cfg, f"{arm}-trial{trial.number}", {"role": "trial", "trial": str(trial.number)},
+                           ctx.arm_runs[arm], trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        except NonFiniteLoss as exc:
+            trial.set_user_attr(COUNTED, True)
+            trial.set_user_attr("failure", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        if value is None or not math.isfinite(value):
+            trial.set_user_attr(COUNTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+
+
+def _wait_for_tuning(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
+    while True:
+        with locked(ctx.run_dir / "study.lock"):
+            _clean_stale(ctx, study, arm)
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+        time.sleep(2)
+
+
+def best_config(ctx: StudyContext, arm: str) -> tuple[ExperimentConfig, dict[str, float]]:
+    """The arm's config with its best trial's parameters (the defaults when no trial completed)."""
+    study = optuna_study(ctx, arm)
+    _wait_for_tuning(ctx, study, arm)
+    cfg = replace_path(ctx.cfg, "model.sharing", arm)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return cfg, {}
+    params = study.best_trial.params
+    for key, value in params.items():
+        cfg = replace_path(cfg, key, value)
+    return cfg, params
+
+
+def _finished(ctx: StudyContext, role: str, **tags: str) -> bool:
+    exp_id = ctx.tracker.experiment_id(ctx.experiment)
+    flt = " and ".join([f"tags.study = '{ctx.cfg.study.name}'", f"tags.role = '{role}'", "attributes.status = 'FINISHED'",
+                        *(f"tags.{k} = '{v}'" for k, v in tags.items())])
+    return bool(ctx.tracker.client.search_runs([exp_id], filter_string=flt, max_results=1))
+
+
+def final_runs(ctx: StudyContext, arm: str) -> None:
+    """Retrain the arm's best parameters under every seed (skipping seeds already done or claimed)."""
+    cfg, params = best_config(ctx, arm)
+    for seed in ctx.cfg.study.seeds:
+        name = f"final-{arm}-seed{seed}"
+        if _finished(ctx, "final", arm=arm, seed=str(seed)) or not claim(ctx.run_dir / "claims", name):
+            continue
+        try:
+            if not _finished(ctx, "final", arm=arm, seed=str(seed)):
+                with locked(ctx.run_dir / "study.lock"):
+                    _clean_stale(ctx, optuna_study(ctx, arm), arm)
+                tags = {"role": "final", **{f"best.{k}": f"{v:.6g}" for k, v in params.items()}}
+                _train(ctx, replace_path(cfg, "seed", seed), f"{arm}-seed{seed}", tags, ctx.arm_runs[arm])
+        except NonFiniteLoss as exc:  # the run is FAILED with the reason; the study goes on
+            print(f"warning: final run {arm} seed {seed} failed: {exc}", file=sys.stderr)
+        finally:
+            release(ctx.run_dir / "claims", name)
+
+
+def zero_shot_run(ctx: StudyContext) -> None:
+    """The pretrained encoder, untrained, on the validation and test splits: the reference row."""
+    from ablation.runtime import describe_device, resolve_device
+    from ablation.evaluation.zeroshot import ZeroShot
+
+    if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not claim(ctx.run_dir / "claims", "zero-shot"):
+        return
+    try:
+        device = resolve_device(ctx.cfg.train.device)
+        tags = {**run_tags(ctx.cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, "role": "zero-shot",
+                "arm": "zero-shot", "device": describe_device(device)}
+        with ctx.tracker.run(ctx.experiment, "zero-shot", tags, ctx.study_run) as rec:
+            model = ZeroShot(ctx.cfg.model, ctx.cfg.eval, device)
+            val = model.evaluate(ctx.data.val.split, ctx.data.val.slices, ctx.cfg.eval.val_tasks)
+            res = model.evaluate(ctx.data.test.split, ctx.data.test.slices)
+            rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
+            rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
+            rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
+    finally:
+        release(ctx.run_dir / "claims", "zero-shot")

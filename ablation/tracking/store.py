@@ -1,0 +1,161 @@
+"""Everything that talks to MLflow (no other module imports mlflow, except the report's reader).
+
+Runs are created with `MlflowClient` (no global active-run state), nested via the `mlflow.parentRunId`
+tag, and always ended: FINISHED, FAILED (with a `failure` tag) or KILLED. Metrics are buffered and
+written in batches so per-step recording costs little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ablation.data.corpus import REPO_ROOT
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(cli: str | None = None, config: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else config, else sqlite:///mlflow.db in the repo root."""
+    return cli or os.environ.get("MLFLOW_TRACKING_URI") or config or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artifacts go to `mlartifacts/` next to the database file."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def git_commit() -> str:
+    """The repository's commit (with `+dirty` when the tree has changes), or `unknown`."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """One MLflow store: experiments by name, runs created and searched."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created (with artifacts next to a SQLite store) if missing."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
+        except MlflowException:  # another worker created it first
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def find_or_create_run(self, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        """The oldest active run carrying `tags`, else a new RUNNING one (study and arm runs outlive resumes)."""
+        exp_id = self.experiment_id(experiment)
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"])
+        if runs:
+            return runs[0].info.run_id
+        all_tags = {**tags, **({PARENT_TAG: parent} if parent else {})}
+        return self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+
+    @contextlib.contextmanager
+    def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator["RunRecorder"]:
+        """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=all_tags)
+        recorder = RunRecorder(self.client, run.info.run_id)
+        try:
+            yield recorder
+        except KeyboardInterrupt:
+            recorder.end("KILLED", "interrupted")
+            raise
+        except BaseException as exc:
+            recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        recorder.end("FINISHED")
+
+
+class RunRecorder:
+    """Writes params, tags, buffered metrics and artifacts to one run."""
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 500) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._buffer: list[Metric] = []
+        self._ended = False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer finite metrics at `step` (non-finite values are skipped: MLflow would store NaN rows)."""
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v))
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_artifact(self, local_path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), folder)
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Flush and terminate once; a failure reason goes into the `failure` tag."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.flush()
+        finally:
+            if reason:
+                self.client.set_tag(self.run_id, "failure", reason[:5000])
+            self.client.set_terminated(self.run_id, status)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape results, as `version.<name>` tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "mlflow", "optuna", "scikit-learn", "numpy", "pandas"):
+        try:
+            out[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

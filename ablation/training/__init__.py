@@ -1,0 +1,1 @@
+"""Training one run of one arm: the trainer, negative mining, diagnostics and the recorder interface."""

@@ -1,0 +1,126 @@
+"""The study runner on the smoke study: layout, totals, resume after kill -9, two workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from ablation.config import load_config
+from ablation.study.runner import run_study
+from tests.conftest import FIXTURE, REPO, SMOKE
+
+
+
+def _runs(uri: str, study: str = "smoke") -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def _check_totals(uri: str, n_trials: int, seeds: int, arms: tuple[str, ...] = ("shared", "unshared")) -> None:
+    runs = _runs(uri)
+    by_id = {r.info.run_id: r for r in runs}
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs), [r.info.status for r in runs]
+    roles = [r.data.tags["role"] for r in runs]
+    assert roles.count("study") == 1 and roles.count("arm") == len(arms)
+    study_run = next(r for r in runs if r.data.tags["role"] == "study").info.run_id
+    for arm in arms:
+        arm_run = next(r for r in runs if r.data.tags["role"] == "arm" and r.data.tags["arm"] == arm)
+        assert arm_run.data.tags["mlflow.parentRunId"] == study_run
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arm_run.info.run_id]
+        trials = [r for r in children if r.data.tags["role"] == "trial"]
+        finals = [r for r in children if r.data.tags["role"] == "final"]
+        assert len(trials) == n_trials and len({r.data.tags["trial"] for r in trials}) == n_trials
+        assert sorted(r.data.tags["seed"] for r in finals) == sorted(str(s) for s in range(1, seeds + 1))
+        assert all(r.data.tags["arm"] == arm for r in trials + finals)
+        assert all("negatives.random_rate" in r.data.params for r in trials)
+        assert all("test/rerank/acc_at_1/epa" in r.data.metrics for r in finals)
+        assert {"optuna_history.png", "objective_vs_random_rate.png"} <= {a.path for a in MlflowClient(uri).list_artifacts(arm_run.info.run_id)}
+    assert len(by_id) == 1 + len(arms) * (1 + n_trials + seeds)
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(SMOKE, FIXTURE)
+    summary = run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    assert "shared: best" in summary and "unshared: best" in summary
+    _check_totals(uri, cfg.study.n_trials, len(cfg.study.seeds))
+    # a rerun of a finished study does no work and adds no runs
+    before = len(_runs(uri))
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    assert len(_runs(uri)) == before
+
+
+@pytest.mark.slow
+def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "run"
+    sets = [*FIXTURE, "study.n_trials=3", "train.epochs=4", "model.tiny.num_hidden_layers=4"]
+    cmd = [sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus),
+           "--tracking-uri", uri, "--run-dir", str(run_dir), "--no-report", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = run_dir / "optuna.journal"
+    deadline = time.time() + 900  # a wait for the first trial, not a speed check: a busy machine may be slow
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists():
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+            try:
+                study = optuna.load_study(study_name="smoke-shared", storage=storage)
+                done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+            except KeyError:
+                done = 0
+            if done >= 1:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done >= 1
+    assert any(r.info.status == "RUNNING" for r in _runs(uri))  # the kill left work behind
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _check_totals(uri, 3, 2)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(SMOKE, [*FIXTURE, "study.n_trials=3"])
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=2, report=False)
+    _check_totals(uri, 3, 2)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
+    pids = set()
+    for arm in ("shared", "unshared"):
+        trials = optuna.load_study(study_name=f"smoke-{arm}", storage=storage).get_trials()
+        assert len(trials) == 3  # the budget held although two processes asked for trials
+        pids |= {t.user_attrs["pid"] for t in trials}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # both worker processes did tuning work
+
+
+@pytest.mark.slow
+def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path, tmp_path: Path) -> None:
+    cfg = load_config(SMOKE, [*FIXTURE, "study.search_space={train.lr: {low: 1.0e+29, high: 1.0e+30}}",
+                              "train.optimizer=sgd", "study.seeds=[1]"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
+    trials = optuna.load_study(study_name="smoke-shared", storage=storage).get_trials()
+    assert len(trials) == cfg.study.n_trials
+    assert all(t.state == optuna.trial.TrialState.FAIL and "loss became" in t.user_attrs["failure"] for t in trials)
+    runs = _runs(uri)
+    trial_runs = [r for r in runs if r.data.tags["role"] == "trial"]
+    assert trial_runs and all(r.info.status == "FAILED" and "loss became" in r.data.tags["failure"] for r in trial_runs)
+    finals = [r for r in runs if r.data.tags["role"] == "final"]
+    assert len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)  # defaults, since no trial completed

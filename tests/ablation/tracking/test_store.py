@@ -1,0 +1,61 @@
+"""A training run in MLflow: params, tags, every metric family, artifacts; failures end the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ablation.cli import main
+from ablation.tracking.store import Tracker, artifact_location, resolve_tracking_uri
+from ablation.training.trainer import train_and_track
+from tests.conftest import SMOKE, smoke_config
+
+
+def test_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert resolve_tracking_uri("sqlite:///cli.db", "sqlite:///cfg.db") == "sqlite:///cli.db"
+    assert resolve_tracking_uri(None, "sqlite:///cfg.db") == "sqlite:///env.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None, "sqlite:///cfg.db") == "sqlite:///cfg.db"
+    assert resolve_tracking_uri(None, None).endswith("/mlflow.db")
+    assert artifact_location("sqlite:////tmp/x/mlflow.db") == "file:///tmp/x/mlartifacts"
+
+
+def test_run_records_every_metric_family(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = smoke_config(**{"model.sharing": "unshared"})
+    result = train_and_track(cfg, corpus=str(corpus), tracking_uri=uri)
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == str(cfg.train.lr) and run.data.params["model.sharing"] == "unshared"
+    for tag in ("arm", "seed", "git_commit", "corpus_digest", "device", "checksum.query_encoder"):
+        assert tag in run.data.tags, tag
+    keys = set(run.data.metrics)
+    families = ["params/unique", "params/trainable", "params/query_side", "params/candidate_side", "loss/total",
+                "loss/triplet", "loss/ce_pos", "loss/ce_neg", "lr", "grad_norm/total", "grad_norm/query_encoder",
+                "grad_norm/candidate_head", "grad_norm/classifier", "grad_cosine/query_vs_candidate",
+                "encoder_distance", "val/rerank/acc_at_1/mean", "val/retrieval/recall_at_5/sdc", "neg/fraction_random",
+                "neg/mean_distance", "time/epoch_s", "test/rerank/acc_at_1/epa", "test/retrieval/mrr/stc"]
+    assert not [f for f in families if f not in keys]
+    steps = client.get_metric_history(result.run_id, "loss/total")
+    assert len(steps) == len(result.losses) and [m.step for m in steps] == list(range(len(result.losses)))
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "per_query_test.csv"} <= artifacts
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_bad_input_leaves_no_run_and_a_crash_leaves_a_failed_one(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", "--config", str(SMOKE),
+                 "--corpus", str(tmp_path / "missing"), "--tracking-uri", uri])
+    assert code == 2
+    tracker = Tracker(uri)
+    assert tracker.client.get_experiment_by_name("smoke") is None
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.run("smoke", "crash", {"arm": "shared"}):
+            raise RuntimeError("boom")
+    runs = tracker.client.search_runs([tracker.experiment_id("smoke")])
+    assert [r.info.status for r in runs] == ["FAILED"] and "boom" in runs[0].data.tags["failure"]

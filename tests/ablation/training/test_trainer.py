@@ -1,0 +1,128 @@
+"""The trainer's determinism: identical seeds give identical starts, batches, negatives and first losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablation.config import ExperimentConfig, load_config, replace_path
+from ablation.data.run_data import RunData, load_run_data
+from ablation.training.recorder import MemoryRecorder
+from ablation.training.trainer import NonFiniteLoss, Trainer
+from tests.conftest import smoke_config
+
+
+
+@pytest.fixture()
+def data(corpus: Path) -> RunData:
+    return load_run_data(smoke_config(), str(corpus))
+
+
+def _fit(cfg: ExperimentConfig, data: RunData) -> tuple[Trainer, MemoryRecorder]:
+    rec = MemoryRecorder()
+    trainer = Trainer(cfg, data, rec)
+    trainer.fit()
+    return trainer, rec
+
+
+def test_arms_under_one_seed_share_start_batches_negatives_and_first_loss(data: RunData) -> None:
+    cfg = smoke_config()
+    shared, rec_s = _fit(replace_path(cfg, "model.sharing", "shared"), data)
+    unshared, rec_u = _fit(replace_path(cfg, "model.sharing", "unshared"), data)
+    assert rec_s.tags["checksum.encoder"] == rec_u.tags["checksum.query_encoder"] == rec_u.tags["checksum.candidate_encoder"]
+    assert rec_s.tags["checksum.head"] == rec_u.tags["checksum.query_head"] == rec_u.tags["checksum.candidate_head"]
+    assert rec_s.tags["checksum.classifier"] == rec_u.tags["checksum.classifier"]
+    for a, b in zip(shared.epoch_batches, unshared.epoch_batches, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert np.array_equal(shared.epoch_negatives[0], unshared.epoch_negatives[0])
+    assert shared.result.losses[0] == pytest.approx(unshared.result.losses[0], rel=1e-6)
+    assert shared.result.losses[1:] != unshared.result.losses[1:]  # then the arms diverge
+
+
+def test_same_seed_twice_gives_the_same_curve_and_another_seed_does_not(data: RunData) -> None:
+    cfg = smoke_config(**{"model.sharing": "unshared"})
+    a, _ = _fit(cfg, data)
+    b, _ = _fit(cfg, data)
+    assert a.result.losses == b.result.losses
+    assert a.result.test_metrics == b.result.test_metrics
+    c, _ = _fit(replace_path(cfg, "seed", 7), data)
+    assert c.result.losses != a.result.losses
+
+
+def test_reuse_of_training_embeddings_changes_only_the_refresh(data: RunData, monkeypatch: pytest.MonkeyPatch) -> None:
+    encodings: list[bool] = []
+    encode = Trainer._train_vectors
+    monkeypatch.setattr(Trainer, "_train_vectors", lambda self, **kw: encodings.append(True) or encode(self, **kw))
+    cfg = smoke_config(**{"negatives.random_rate": 0.0, "train.epochs": 3})
+    fresh, _ = _fit(cfg, data)
+    assert len(encodings) == 3  # one encoding pass of the training split per epoch
+    encodings.clear()
+    reused, rec = _fit(replace_path(cfg, "negatives.reuse_train_embeddings", True), data)
+    assert len(encodings) == 1  # only before the first step: later epochs mine the training-pass vectors
+    assert [v for _, v in rec.history("neg/fraction_random")] == [0.0, 0.0, 0.0]
+    assert np.array_equal(fresh.epoch_negatives[0], reused.epoch_negatives[0])  # same vectors before any step
+    assert fresh.result.losses[: len(fresh.epoch_batches[0])] == reused.result.losses[: len(reused.epoch_batches[0])]
+
+
+def test_per_step_and_per_epoch_records(data: RunData) -> None:
+    trainer, rec = _fit(smoke_config(**{"model.sharing": "unshared", "train.grad_cosine_every": 1}), data)
+    steps = len(trainer.result.losses)
+    for key in ("loss/total", "loss/triplet", "loss/ce_pos", "loss/ce_neg", "lr", "grad_norm/total",
+                "grad_norm/query_encoder", "grad_norm/candidate_encoder", "grad_norm/classifier",
+                "grad_cosine/query_vs_candidate", "encoder_distance"):
+        assert len(rec.history(key)) == steps, key
+    distances = [v for _, v in rec.history("encoder_distance")]
+    assert distances[0] == 0.0 and distances[-1] > 0.0  # identical at the start, then the towers drift apart
+    cos = [v for _, v in rec.history("grad_cosine/query_vs_candidate")]
+    assert np.isfinite(cos).all() and len(set(cos)) > 1  # measured each step, not a constant
+    for key in ("val/rerank/acc_at_1/mean", "val/retrieval/mrr/sdoc", "neg/fraction_random", "time/epoch_s"):
+        assert [s for s, _ in rec.history(key)] == ([0, 1, 2] if key.startswith("val/") else [1, 2]), key
+    assert "test/rerank/acc_at_1/epa" in trainer.result.test_metrics
+    assert "per_query_test.csv" in rec.texts and "config.yaml" in rec.texts
+
+
+def test_shared_gradient_cosine_uses_one_backward_per_side(data: RunData) -> None:
+    _, rec = _fit(smoke_config(**{"train.grad_cosine_every": 1, "train.epochs": 1}), data)
+    cos = [v for _, v in rec.history("grad_cosine/query_vs_candidate")]
+    assert cos and all(np.isfinite(cos)) and any(abs(v) < 0.999 for v in cos)
+    assert all(v == 0.0 for _, v in rec.history("encoder_distance"))
+
+
+def test_non_finite_loss_stops_the_run(data: RunData) -> None:
+    with pytest.raises(NonFiniteLoss, match="loss became"):
+        _fit(smoke_config(**{"train.lr": 1.0e30, "train.epochs": 2, "train.optimizer": "sgd"}), data)
+
+
+@pytest.mark.parametrize("arm", ["shared", "unshared"])
+def test_no_negative_is_a_copy_of_the_query_or_its_counter(data: RunData, arm: str) -> None:
+    trainer, rec = _fit(smoke_config(**{"model.sharing": arm, "negatives.random_rate": 0.0}), data)
+    split = data.train.split
+    texts = [" ".join(t.split()) for t in split.candidate_texts]
+    n = split.n
+    for negs in trainer.epoch_negatives:
+        assert not any(texts[j] in (texts[i], texts[n + i]) for i, j in enumerate(negs))
+    assert [v for _, v in rec.history("neg/dup_negatives_used")] == [0.0, 0.0]
+    # before the first step both sides encode a text alike, so a copy of the query's own text sits at
+    # distance 0: the miner had to pass over copies
+    assert rec.history("neg/dup_neighbours_skipped")[0][1] > 0
+
+
+def test_pca_head_starts_where_the_pooled_vectors_are(data: RunData) -> None:
+    """With a head as wide as the encoder, the PCA start is a rotation: validation retrieval before any
+    step equals retrieval by L2 on the pooled vectors of the untrained encoder."""
+    from ablation.evaluation.ranking import evaluate_scores, score_matrix
+    from ablation.evaluation.trained import encode_sides
+
+    cfg = smoke_config(**{"model.proj_dim": 32, "train.epochs": 1})
+    q, c = encode_sides(Trainer(cfg, data, MemoryRecorder()).model, data.val, data.pad_id, 32, torch.device("cpu"))
+    pooled = evaluate_scores(data.val.split, score_matrix(q["pool"], c["pool"], "l2")).metrics
+    _, rec = _fit(cfg, data)
+    for key in ("retrieval/acc_at_1/mean", "retrieval/mrr/epa", "retrieval/acc_at_1/sdoc"):
+        assert rec.history(f"val/{key}")[0] == (0, pytest.approx(pooled[key], abs=1e-9)), key
+    # the zero-initialised classifier keeps the retrieval order before any step
+    assert rec.history("val/rerank/acc_at_1/mean")[0][1] == rec.history("val/retrieval/acc_at_1/mean")[0][1]
+    _, rec_random = _fit(replace_path(cfg, "model.head_init", "random"), data)
+    assert rec_random.history("val/retrieval/mrr/mean")[0][1] != rec.history("val/retrieval/mrr/mean")[0][1]
