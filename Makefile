@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast ablation smoke report ui bench data-stats zero-shot clean
+.PHONY: help install lint format test test-fast ablation smoke report ui bench data-stats zero-shot clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -27,7 +27,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project with test extras
 
-test: $(VENV)/.installed ## run every test (slow and real-corpus ones included)
+lint: $(VENV)/.installed ## ruff check and ruff format --check (line length 120)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint ## lint, then every test (slow and real-corpus ones included)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed ## run the tests not marked slow

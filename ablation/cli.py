@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -19,7 +19,10 @@ def _common_corpus(p: argparse.ArgumentParser) -> None:
 
 
 def _common_tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else config, else sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else config, else sqlite:///mlflow.db)",
+    )
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
@@ -34,27 +37,42 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     for name, masks in slices.items():
         table.insert(len(table.columns) - 1, f"{name}_queries", [int(masks[t].sum()) for t in table["task"]])
     if args.format == "json":
-        print(json.dumps({
-            "split": split.name, "pairs": split.n, "dropped_points": split.dropped_points,
-            "dropped_counters": split.dropped_counters, "digest": split.digest,
-            "tasks": table.drop(columns="description").to_dict(orient="records"),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "split": split.name,
+                    "pairs": split.n,
+                    "dropped_points": split.dropped_points,
+                    "dropped_counters": split.dropped_counters,
+                    "digest": split.digest,
+                    "tasks": table.drop(columns="description").to_dict(orient="records"),
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"split {split.name}: {split.n} point/counter pairs "
-              f"({split.dropped_points} points and {split.dropped_counters} counters without a partner dropped)")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}",
-                              formatters={c: "{:,}".format for c in table.columns if table[c].dtype.kind == "i"}))
+        print(
+            f"split {split.name}: {split.n} point/counter pairs "
+            f"({split.dropped_points} points and {split.dropped_counters} counters without a partner dropped)"
+        )
+        print(
+            table.to_string(
+                index=False,
+                float_format=lambda v: f"{v:,.2f}",
+                formatters={c: "{:,}".format for c in table.columns if table[c].dtype.kind == "i"},
+            )
+        )
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ablation.config import EvalConfig, ModelConfig
     from ablation.data.corpus import read_split, resolve_corpus
+    from ablation.data.slices import query_slices, training_texts
     from ablation.evaluation.ranking import metrics_table
+    from ablation.evaluation.zeroshot import zero_shot
     from ablation.io import write_csv_atomic
     from ablation.runtime import resolve_device
-    from ablation.data.slices import query_slices, training_texts
-    from ablation.evaluation.zeroshot import zero_shot
 
     if not args.zero_shot:
         raise UserError("evaluate: only --zero-shot is supported here; trained arms are evaluated by `ablation train`")
@@ -66,7 +84,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_query_csv:
         write_csv_atomic(result.per_query, args.per_query_csv)
     if args.format == "json":
-        print(json.dumps({"split": split.name, "model": args.model, "queries": split.n, "metrics": result.metrics}, indent=2))
+        print(
+            json.dumps(
+                {"split": split.name, "model": args.model, "queries": split.n, "metrics": result.metrics}, indent=2
+            )
+        )
     else:
         print(metrics_table(result.metrics).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -83,7 +105,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(args.config, overrides)
     result = train_and_track(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri)
-    print(json.dumps({"run_id": result.run_id, "test": {k: v for k, v in result.test_metrics.items() if "acc_at_1" in k}}, indent=2))
+    print(
+        json.dumps(
+            {"run_id": result.run_id, "test": {k: v for k, v in result.test_metrics.items() if "acc_at_1" in k}},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -94,8 +121,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [])
     if args.workers < 1:
         raise UserError(f"run: --workers must be at least 1, got {args.workers}")
-    summary = run_study(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir,
-                        workers=args.workers, report=not args.no_report)
+    summary = run_study(
+        cfg,
+        corpus=args.corpus,
+        tracking_uri=args.tracking_uri,
+        run_dir=args.run_dir,
+        workers=args.workers,
+        report=not args.no_report,
+    )
     print(summary)
     return 0
 

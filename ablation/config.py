@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ablation.data.tasks import TASKS
 from ablation.errors import UserError
 
-__all__ = ["ExperimentConfig", "TASKS", "dump_yaml", "flatten", "from_dict", "load_config", "replace_path", "to_dict"]
+__all__ = ["TASKS", "ExperimentConfig", "dump_yaml", "flatten", "from_dict", "load_config", "replace_path", "to_dict"]
 
 Seed = Annotated[StrictInt, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -139,10 +139,12 @@ class StudyConfig(_Section):
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: Annotated[StrictInt, Field(ge=0)] = 1
     pruner_startup_trials: Annotated[StrictInt, Field(ge=0)] = 2
-    search_space: dict[str, SearchParam] = Field(default_factory=lambda: {
-        "negatives.random_rate": SearchParam(low=0.0, high=1.0),
-        "negatives.random_rate_final": SearchParam(low=0.0, high=1.0),
-    })
+    search_space: dict[str, SearchParam] = Field(
+        default_factory=lambda: {
+            "negatives.random_rate": SearchParam(low=0.0, high=1.0),
+            "negatives.random_rate_final": SearchParam(low=0.0, high=1.0),
+        }
+    )
     storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
     zero_shot: StrictBool = True
 
@@ -191,13 +193,20 @@ def _setting_type(dotted: str) -> Any:
 
 
 _MESSAGES = {
-    "int_type": "expected an integer, got {input!r}", "int_parsing": "expected an integer, got {input!r}",
-    "float_type": "expected a number, got {input!r}", "float_parsing": "expected a number, got {input!r}",
-    "finite_number": "expected a finite number, got {input!r}", "bool_type": "expected true/false, got {input!r}",
-    "greater_than_equal": "{input!r} is below the minimum {ge}", "less_than_equal": "{input!r} is above the maximum {le}",
-    "literal_error": "{input!r} is not one of {expected}", "model_type": "expected a mapping, got {kind}",
-    "dict_type": "expected a mapping, got {kind}", "tuple_type": "expected a list, got {kind}",
-    "string_type": "expected a string, got {input!r}", "too_short": "must not be empty",
+    "int_type": "expected an integer, got {input!r}",
+    "int_parsing": "expected an integer, got {input!r}",
+    "float_type": "expected a number, got {input!r}",
+    "float_parsing": "expected a number, got {input!r}",
+    "finite_number": "expected a finite number, got {input!r}",
+    "bool_type": "expected true/false, got {input!r}",
+    "greater_than_equal": "{input!r} is below the minimum {ge}",
+    "less_than_equal": "{input!r} is above the maximum {le}",
+    "literal_error": "{input!r} is not one of {expected}",
+    "model_type": "expected a mapping, got {kind}",
+    "dict_type": "expected a mapping, got {kind}",
+    "tuple_type": "expected a list, got {kind}",
+    "string_type": "expected a string, got {input!r}",
+    "too_short": "must not be empty",
 }
 
 

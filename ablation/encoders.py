@@ -3,7 +3,8 @@ ValueErrors as one-line user errors (a bad model name or freeze depth is bad inp
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -25,9 +26,16 @@ def _user_error(fn: Callable[[], T]) -> T:
 
 def spec(cfg: ModelConfig) -> BiEncoderSpec:
     """The bi-encoder `cfg` describes, in `models`' terms."""
-    return BiEncoderSpec(name=cfg.name, sharing=cfg.sharing, pooling=cfg.pooling, max_length=cfg.max_length,
-                         proj_dim=cfg.proj_dim, freeze_embeddings=cfg.freeze_embeddings, freeze_layers=cfg.freeze_layers,
-                         tiny=TinyBert(**cfg.tiny.model_dump()))
+    return BiEncoderSpec(
+        name=cfg.name,
+        sharing=cfg.sharing,
+        pooling=cfg.pooling,
+        max_length=cfg.max_length,
+        proj_dim=cfg.proj_dim,
+        freeze_embeddings=cfg.freeze_embeddings,
+        freeze_layers=cfg.freeze_layers,
+        tiny=TinyBert(**cfg.tiny.model_dump()),
+    )
 
 
 def tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:

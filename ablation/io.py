@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees a half-written one: write to a temp file, then rename."""
+"""Where the harness keeps its files (the repository root), and writing files so that a reader never sees a
+half-written one: write to a temp file, then rename."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The repository: default home of data/, runs/, reports/ and mlflow.db."""
 
 
 def write_text_atomic(text: str | bytes, path: str | Path) -> Path:

@@ -8,7 +8,7 @@ sharing means; `copy.deepcopy` gives a separate module with identical starting w
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -45,8 +45,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot load tokenizer {name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def load_encoder(name: str, vocab_size: int, pooling: str = "mean", max_length: int = 512,
-                 tiny: TinyBert = TinyBert()) -> nn.Module:
+def load_encoder(
+    name: str, vocab_size: int, pooling: str = "mean", max_length: int = 512, tiny: TinyBert = TinyBert()
+) -> nn.Module:
     """The encoder: pretrained weights from `name`, or (`tiny-random`) a tiny BERT initialised from the
     torch RNG. Raises ValueError when it cannot be loaded."""
     add_pooler = pooling == "pooler"
@@ -77,8 +78,11 @@ def load_encoder(name: str, vocab_size: int, pooling: str = "mean", max_length: 
         hf_logging.enable_progress_bar()
     missing = info.get("missing_keys") or []
     if missing:
-        warnings.warn(f"{name}: {len(missing)} weights not in the checkpoint were initialised randomly "
-                      f"(e.g. {sorted(missing)[:3]})", stacklevel=2)
+        warnings.warn(
+            f"{name}: {len(missing)} weights not in the checkpoint were initialised randomly "
+            f"(e.g. {sorted(missing)[:3]})",
+            stacklevel=2,
+        )
     return model
 
 

@@ -6,8 +6,8 @@ wires whatever it is given, so sharing is a property of object identity, visible
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -46,7 +46,9 @@ class PairClassifier(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, u_proj: torch.Tensor, u_pool: torch.Tensor, v_proj: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, u_proj: torch.Tensor, u_pool: torch.Tensor, v_proj: torch.Tensor, v_pool: torch.Tensor
+    ) -> torch.Tensor:
         feats = [u_proj, v_proj, (u_proj - v_proj).abs(), u_pool, v_pool, (u_pool - v_pool).abs()]
         return self.linear(torch.cat([f.float() for f in feats], dim=-1))
 
@@ -85,7 +87,15 @@ class PairClassifier(nn.Module):
 class BiEncoder(nn.Module):
     """Query side and candidate side, each text → pooled (H) → projected (proj_dim)."""
 
-    def __init__(self, query_tower: nn.Module, cand_tower: nn.Module, query_head: nn.Module, cand_head: nn.Module, classifier: PairClassifier, arm: str) -> None:
+    def __init__(
+        self,
+        query_tower: nn.Module,
+        cand_tower: nn.Module,
+        query_head: nn.Module,
+        cand_head: nn.Module,
+        classifier: PairClassifier,
+        arm: str,
+    ) -> None:
         super().__init__()
         self.arm = arm
         self.query_tower = query_tower
@@ -109,7 +119,12 @@ class BiEncoder(nn.Module):
         p_pool, p_proj = self.encode_candidate(pos)
         n_pool, n_proj = self.encode_candidate(neg)
         return TripletOutput(
-            q_pool, q_proj, p_pool, p_proj, n_pool, n_proj,
+            q_pool,
+            q_proj,
+            p_pool,
+            p_proj,
+            n_pool,
+            n_proj,
             self.classifier(q_proj, q_pool, p_proj, p_pool),
             self.classifier(q_proj, q_pool, n_proj, n_pool),
         )
@@ -153,7 +168,7 @@ class BiEncoderSpec:
     proj_dim: int = 128
     freeze_embeddings: bool = False
     freeze_layers: int = 0
-    tiny: TinyBert = TinyBert()
+    tiny: TinyBert = field(default_factory=TinyBert)
 
 
 def build_biencoder(spec: BiEncoderSpec, vocab_size: int) -> BiEncoder:

@@ -24,10 +24,34 @@ FIXTURE = ["data.themes=[]", "data.max_debates_per_theme=null"]
 
 VOCAB = 120
 
-WORDS = (
-    "tax school health border speech police climate energy vote church science trade law army "
-    "market privacy media freedom rights children prison drug sport culture family economy"
-).split()
+WORDS = [
+    "tax",
+    "school",
+    "health",
+    "border",
+    "speech",
+    "police",
+    "climate",
+    "energy",
+    "vote",
+    "church",
+    "science",
+    "trade",
+    "law",
+    "army",
+    "market",
+    "privacy",
+    "media",
+    "freedom",
+    "rights",
+    "children",
+    "prison",
+    "drug",
+    "sport",
+    "culture",
+    "family",
+    "economy",
+]
 
 
 def _write_pair(folder: Path, stance: str, n: int, point: str, counter: str) -> None:
@@ -61,11 +85,19 @@ def make_corpus(
                 for stance in ("pro", "con"):
                     folder = root / split / theme / debate / stance
                     for n in range(1, pairs_per_stance + 1):
-                        texts = rng if not (duplicates and theme == themes[-1] and d == debates_per_theme - 1) \
-                            else random.Random(f"{seed}/{stance}/{n}")  # the same in every split
+                        texts = (
+                            rng
+                            if not (duplicates and theme == themes[-1] and d == debates_per_theme - 1)
+                            else random.Random(f"{seed}/{stance}/{n}")
+                        )  # the same in every split
                         topic = " ".join(texts.sample(WORDS, 4))
-                        _write_pair(folder, stance, n, f"Point on {topic}.\n\n{' '.join(texts.choices(WORDS, k=20))} {topic}",
-                                    f"Counter on {topic}: {' '.join(texts.choices(WORDS, k=20))}")
+                        _write_pair(
+                            folder,
+                            stance,
+                            n,
+                            f"Point on {topic}.\n\n{' '.join(texts.choices(WORDS, k=20))} {topic}",
+                            f"Counter on {topic}: {' '.join(texts.choices(WORDS, k=20))}",
+                        )
                     if d == 0 and stance == "pro":
                         for k in range(orphan_points):
                             (folder / f"pro{90 + k:02d}a-point.txt").write_text("An orphan point.", encoding="utf-8")
@@ -110,7 +142,10 @@ def tiny_biencoder(arm: str, seed: int = 0) -> BiEncoder:
 def token_batch(seed: int) -> dict[str, torch.Tensor]:
     """4 random sequences of 10 tokens."""
     g = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(5, VOCAB, (4, 10), generator=g), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+    return {
+        "input_ids": torch.randint(5, VOCAB, (4, 10), generator=g),
+        "attention_mask": torch.ones(4, 10, dtype=torch.long),
+    }
 
 
 def smoke_config(**overrides: object):  # type: ignore[no-untyped-def]

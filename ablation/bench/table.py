@@ -9,28 +9,67 @@ def _row(r: dict) -> tuple[str, str, str, str]:
     """(id, what was measured, result, goal met?) of one measure."""
     rid = r["id"]
     if rid == "P1":
-        return (rid, f"{r['arm']} step: harness {r['harness_step_s']:.3f} s vs bare {r['bare_step_s']:.3f} s",
-                f"{r['ratio']:.3f}×", f"≤ 1.05: {'yes' if r['met'] else 'no'}")
+        return (
+            rid,
+            f"{r['arm']} step: harness {r['harness_step_s']:.3f} s vs bare {r['bare_step_s']:.3f} s",
+            f"{r['ratio']:.3f}×",
+            f"≤ 1.05: {'yes' if r['met'] else 'no'}",
+        )
     if rid == "P2":
-        return (rid, f"8 tasks, {r['queries']} queries: {r['vectorised_s'] * 1000:.0f} ms vs {r['per_pair_loops_s']:.2f} s per pair, median of {r['rounds']} rounds"
-                f" ({min(r['round_speedups']):.0f}-{max(r['round_speedups']):.0f}×; same acc@1: {r['same_acc_at_1']})", f"{r['speedup']:.0f}×", f"≥ 100×: {'yes' if r['met'] else 'no'}")
+        return (
+            rid,
+            f"8 tasks, {r['queries']} queries: {r['vectorised_s'] * 1000:.0f} ms vs {r['per_pair_loops_s']:.2f} s "
+            f"per pair, median of {r['rounds']} rounds"
+            f" ({min(r['round_speedups']):.0f}-{max(r['round_speedups']):.0f}×; same acc@1: {r['same_acc_at_1']})",
+            f"{r['speedup']:.0f}×",
+            f"≥ 100×: {'yes' if r['met'] else 'no'}",
+        )
     if rid == "P3":
-        return (rid, f"refresh: re-encode {r['refresh_reencode_s']:.2f} s ({r['share_reencode']:.1%} of epoch) vs reuse "
-                f"{r['refresh_reuse_s'] * 1000:.1f} ms", f"{r['share_reuse']:.2%}", f"≤ 5 %: {'yes' if r['met'] else 'no'}")
+        return (
+            rid,
+            f"refresh: re-encode {r['refresh_reencode_s']:.2f} s ({r['share_reencode']:.1%} of epoch) vs reuse "
+            f"{r['refresh_reuse_s'] * 1000:.1f} ms",
+            f"{r['share_reuse']:.2%}",
+            f"≤ 5 %: {'yes' if r['met'] else 'no'}",
+        )
     if rid == "index":
-        return (rid, f"mining {r['queries']}×{r['candidates']}, dim {r['dim']}: BallTree {r['balltree_s']:.2f} s, brute "
-                f"{r['brute_s']:.2f} s", r["faster"], "choose the faster")
+        return (
+            rid,
+            f"mining {r['queries']}×{r['candidates']}, dim {r['dim']}: BallTree {r['balltree_s']:.2f} s, brute "
+            f"{r['brute_s']:.2f} s",
+            r["faster"],
+            "choose the faster",
+        )
     if rid == "P4":
-        parts = ", ".join(f"{L}: {v['ratio']:.2f}× ({v['truncated_share']:.0%} truncated)" for L, v in r["by_max_length"].items())
-        return (rid, f"tokens/s bucketed vs fixed padding by max_length — {parts}", f"{r['ratio']:.2f}×",
-                f"≥ 1.3×: {'yes' if r['met'] else 'no'}")
+        parts = ", ".join(
+            f"{L}: {v['ratio']:.2f}× ({v['truncated_share']:.0%} truncated)" for L, v in r["by_max_length"].items()
+        )
+        return (
+            rid,
+            f"tokens/s bucketed vs fixed padding by max_length — {parts}",
+            f"{r['ratio']:.2f}×",
+            f"≥ 1.3×: {'yes' if r['met'] else 'no'}",
+        )
     if rid == "P5":
-        quick = f"{r['quick_s_recorded']:.0f} s" if r["quick_s_recorded"] is not None else "not recorded (run make ablation)"
-        return (rid, f"smoke study {r['smoke_s']:.0f} s; quick study (last make ablation) {quick}", "", f"≤ 90 s / ≤ 900 s: "
-                f"{'yes' if r['met'] else 'no'}")
+        quick = (
+            f"{r['quick_s_recorded']:.0f} s"
+            if r["quick_s_recorded"] is not None
+            else "not recorded (run make ablation)"
+        )
+        return (
+            rid,
+            f"smoke study {r['smoke_s']:.0f} s; quick study (last make ablation) {quick}",
+            "",
+            f"≤ 90 s / ≤ 900 s: {'yes' if r['met'] else 'no'}",
+        )
     if rid == "P6":
-        return (rid, f"peak RSS of a quick run: shared {r['shared_peak_rss_mib']:.0f} MiB, unshared {r['unshared_peak_rss_mib']:.0f} MiB",
-                f"{r['ratio_unshared_over_shared']:.2f}×", "report")
+        return (
+            rid,
+            f"peak RSS of a quick run: shared {r['shared_peak_rss_mib']:.0f} MiB, "
+            f"unshared {r['unshared_peak_rss_mib']:.0f} MiB",
+            f"{r['ratio_unshared_over_shared']:.2f}×",
+            "report",
+        )
     return (rid, json.dumps(r), "", "")
 
 

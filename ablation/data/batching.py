@@ -6,7 +6,7 @@ is most of the speed of encoding on CPU (see `make bench`, P4).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, bucket_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, bucket_batches: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Training batches: shuffle, sort within buckets of `bucket_batches` batches by length, shuffle batches."""
     order = rng.permutation(len(lengths))
     lengths = np.asarray(lengths)

@@ -10,19 +10,19 @@ import hashlib
 import os
 import re
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ablation.errors import UserError
+from ablation.io import REPO_ROOT
 
 SPLITS = ("training", "validation", "test")
 FILE_RE = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO_ROOT / "data" / "arguana-counterargs"
 
 
@@ -72,7 +72,6 @@ class Split:
         cols = order[np.repeat(lo, sizes) + np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)]
         keep = cols != of[rows]
         return rows[keep], cols[keep]
-
 
 
 def normalize_text(text: str) -> str:
@@ -144,7 +143,7 @@ class _Source:
             found = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()]
         else:
             prefix = f"{self.root}{split}/"
-            found = [f[len(prefix):] for f in self.files if f.startswith(prefix)]
+            found = [f[len(prefix) :] for f in self.files if f.startswith(prefix)]
         return iter(sorted(found))
 
     def read(self, split: str, rel: str) -> bytes:
@@ -167,8 +166,15 @@ def _parse_split(source: _Source, split: str, themes: Sequence[str]) -> tuple[pd
             continue
         where = f"{split}/{rel}"
         m = FILE_RE.match(fname)
-        if not m or folder not in ("pro", "con") or m.group(1) != folder or (m.group(3) == "a") != (m.group(4) == "point"):
-            raise UserError(f"corpus: file name does not match <pro|con>/<stance><NN><a|b>-<point|counter>.txt: {where}")
+        if (
+            not m
+            or folder not in ("pro", "con")
+            or m.group(1) != folder
+            or (m.group(3) == "a") != (m.group(4) == "point")
+        ):
+            raise UserError(
+                f"corpus: file name does not match <pro|con>/<stance><NN><a|b>-<point|counter>.txt: {where}"
+            )
         raw = source.read(split, rel)
         try:
             text = raw.decode("utf-8")
@@ -203,8 +209,11 @@ def read_split(
         raise UserError(f"corpus: split {split!r} in {path} has no point/counter files")
     if max_debates_per_theme is not None:
         keep = (
-            frame[["theme", "debate"]].drop_duplicates().sort_values(["theme", "debate"])
-            .groupby("theme").head(max_debates_per_theme)
+            frame[["theme", "debate"]]
+            .drop_duplicates()
+            .sort_values(["theme", "debate"])
+            .groupby("theme")
+            .head(max_debates_per_theme)
         )
         frame = frame.merge(keep, on=["theme", "debate"])
     key = ["theme", "debate", "stance", "number"]
@@ -225,4 +234,3 @@ def read_split(
         dropped_counters=len(counters) - len(pairs),
         digest=digest,
     )
-

@@ -12,8 +12,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ablation import encoders
 from ablation.config import ExperimentConfig
-from ablation.data.corpus import Split, read_split, resolve_corpus
 from ablation.data.batching import Tokens, tokenize
+from ablation.data.corpus import Split, read_split, resolve_corpus
 from ablation.data.slices import Slices, query_slices, training_texts
 
 
@@ -48,12 +48,16 @@ def _head(split: Split, limit: int | None) -> Split:
     """The first `limit` pairs (splits are sorted by theme and debate, so whole debates are kept first)."""
     if limit is None or limit >= split.n:
         return split
-    return dataclasses.replace(split, queries=split.queries.iloc[:limit].reset_index(drop=True),
-                               counters=split.counters.iloc[:limit].reset_index(drop=True))
+    return dataclasses.replace(
+        split,
+        queries=split.queries.iloc[:limit].reset_index(drop=True),
+        counters=split.counters.iloc[:limit].reset_index(drop=True),
+    )
 
 
-def _tokenized(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int,
-               seen: frozenset[str] | None = None) -> TokenizedSplit:
+def _tokenized(
+    split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int, seen: frozenset[str] | None = None
+) -> TokenizedSplit:
     q = tokenize(tokenizer, list(split.queries["text"]), max_length)
     c = tokenize(tokenizer, list(split.counters["text"]), max_length)
     return TokenizedSplit(split, q, c + q, query_slices(split, seen) if seen is not None else {})
@@ -70,5 +74,11 @@ def load_run_data(cfg: ExperimentConfig, corpus: str | None = None) -> RunData:
     tokenizer = encoders.tokenizer(cfg.model)
     L = cfg.model.max_length
     digest = "-".join(s.digest[:12] for s in (train, val, test))
-    return RunData(tokenizer, _tokenized(train, tokenizer, L), _tokenized(val, tokenizer, L, seen),
-                   _tokenized(test, tokenizer, L, seen), str(path), digest)
+    return RunData(
+        tokenizer,
+        _tokenized(train, tokenizer, L),
+        _tokenized(val, tokenizer, L, seen),
+        _tokenized(test, tokenizer, L, seen),
+        str(path),
+        digest,
+    )

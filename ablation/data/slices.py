@@ -11,8 +11,8 @@ A slice is a boolean mask over the split's queries per task.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,10 +39,13 @@ def query_slices(split: Split, seen: frozenset[str] | None, tasks: Sequence[str]
     out: Slices = {}
     if seen is not None:
         texts = split.candidate_texts
-        unseen = np.array([normalize_text(texts[i]) not in seen and normalize_text(texts[n + i]) not in seen
-                           for i in range(n)], dtype=bool)
+        unseen = np.array(
+            [normalize_text(texts[i]) not in seen and normalize_text(texts[n + i]) not in seen for i in range(n)],
+            dtype=bool,
+        )
         out["unseen"] = {task: unseen for task in tasks}
     rows, cols = split.copies(n + np.arange(n))  # other candidates with the query's own text
-    out["self_copy"] = {task: np.bincount(rows[task_pools(split).contains(task, rows, cols)], minlength=n) > 0
-                        for task in tasks}
+    out["self_copy"] = {
+        task: np.bincount(rows[task_pools(split).contains(task, rows, cols)], minlength=n) > 0 for task in tasks
+    }
     return out

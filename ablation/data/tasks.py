@@ -61,7 +61,9 @@ class TaskMasks:
         n = self.n
         if group is None:
             return np.zeros((n, n), dtype=bool)
-        inside = np.ones((n, n), dtype=bool) if scope is None else self.codes[scope][:, None] == self.codes[scope][None, :]
+        inside = (
+            np.ones((n, n), dtype=bool) if scope is None else self.codes[scope][:, None] == self.codes[scope][None, :]
+        )
         same_stance = self.stance[:, None] == self.stance[None, :]
         return inside & {"scope": True, "stance": same_stance, "other": ~same_stance}[group]
 
@@ -124,7 +126,6 @@ class TaskPools:
         c_lo, c_hi = self.group(pool.scope, pool.counters)
         p_lo, p_hi = self.group(pool.scope, pool.points) if pool.points else (np.zeros(self.n, dtype=np.int64),) * 2
         return c_lo, c_hi, p_lo + self.n, p_hi + self.n, pool.points == "scope"
-
 
     def contains(self, task: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Whether candidate ``cols[k]`` is in the pool of query ``rows[k]`` for `task`."""

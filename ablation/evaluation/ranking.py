@@ -9,9 +9,9 @@ text are out of every pool (`tasks`); metrics are also given per query slice (`s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,11 @@ class EvalResult:
     @property
     def slice_sizes(self) -> dict[str, int]:
         """``<slice>/queries/<task>``: how many queries each slice holds."""
-        return {f"{name}/queries/{task}": int(mask.sum()) for name, masks in self.slices.items()
-                for task, mask in masks.items()}
+        return {
+            f"{name}/queries/{task}": int(mask.sum())
+            for name, masks in self.slices.items()
+            for task, mask in masks.items()
+        }
 
     @cached_property
     def per_query(self) -> pd.DataFrame:
@@ -48,13 +51,17 @@ class EvalResult:
         validation passes need only the metrics."""
         n, keys = self.split.n, list(self.ranks)
         cand_ids = np.asarray(self.split.candidate_ids, dtype=object)
-        frame = pd.DataFrame({
-            "query_id": np.tile(self.split.queries["id"].to_numpy(), len(keys)),
-            "task": np.repeat([task for _, task in keys], n),
-            "mode": np.repeat([mode for mode, _ in keys], n),
-            "rank": np.concatenate([r for r, _ in self.ranks.values()]) if keys else np.zeros(0, dtype=np.int64),
-            "top1_id": cand_ids[np.concatenate([t for _, t in self.ranks.values()])] if keys else np.zeros(0, dtype=object),
-        })
+        frame = pd.DataFrame(
+            {
+                "query_id": np.tile(self.split.queries["id"].to_numpy(), len(keys)),
+                "task": np.repeat([task for _, task in keys], n),
+                "mode": np.repeat([mode for mode, _ in keys], n),
+                "rank": np.concatenate([r for r, _ in self.ranks.values()]) if keys else np.zeros(0, dtype=np.int64),
+                "top1_id": cand_ids[np.concatenate([t for _, t in self.ranks.values()])]
+                if keys
+                else np.zeros(0, dtype=object),
+            }
+        )
         for name, masks in self.slices.items():
             frame[name] = np.concatenate([masks[task] for _, task in keys]) if keys else np.zeros(0, dtype=bool)
         return frame
@@ -68,7 +75,9 @@ def score_matrix(queries: np.ndarray, candidates: np.ndarray, metric: str = "cos
     # torch, not numpy, for the matmul: numpy's BLAS threads left spinning next to torch's measurably slow
     # the torch operations that follow (2-3x on a 2-core machine)
     if metric == "cosine":
-        return torch.mm(torch.nn.functional.normalize(q, dim=1, eps=1e-12), torch.nn.functional.normalize(c, dim=1, eps=1e-12).T).numpy()
+        return torch.mm(
+            torch.nn.functional.normalize(q, dim=1, eps=1e-12), torch.nn.functional.normalize(c, dim=1, eps=1e-12).T
+        ).numpy()
     if metric == "l2":  # −|q − c|² = [q, 1, |q|²]·[2c, −|c|², −1]: one matmul, no pass over the result
         qa = torch.cat([q, torch.ones(len(q), 1), (q * q).sum(1, keepdim=True)], dim=1)
         ca = torch.cat([2 * c, -(c * c).sum(1, keepdim=True), -torch.ones(len(c), 1)], dim=1)
@@ -140,7 +149,7 @@ class _Windows:
                 groups[group] = (j >= g_lo[:, None]) & (j < g_hi[:, None])
             tasks = [t for t in self.tasks if POOLS[t].scope == "debate"]
             masks = torch.zeros(len(tasks), n, 2, w, dtype=torch.bool)
-            for mask, task in zip(masks, tasks):
+            for mask, task in zip(masks, tasks, strict=True):
                 counters, points = POOLS[task].counters, POOLS[task].points
                 mask[:, 0] = groups[counters]
                 if points:
@@ -171,7 +180,9 @@ def _top1(top: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return np.where((top[:, 0] == np.arange(len(top))) & (ranks > 1), top[:, 1], top[:, 0])
 
 
-def _rerank(top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rerank(
+    top: np.ndarray, probs: np.ndarray, top_scores: np.ndarray, retrieval_ranks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Reorder each row of `top` (any leading shape, rows of k columns; −1 pads) by probability, then
     retrieval score; where both tie (a duplicate text of the true candidate), the true candidate goes last,
     as ties count against it in retrieval too. Returns the new true ranks (the retrieval rank where the
@@ -237,8 +248,11 @@ def evaluate_scores(
     for mode, results in (("retrieval", retrieval), ("rerank", reranked)):
         ranks_by.update({(mode, task): found for task, found in results.items()})
         for prefix, masks in (("", None), *((f"{name}/", m) for name, m in slices.items())):
-            per_task = {task: _metrics(ranks if masks is None else ranks[masks[task]], ks)
-                        for task, (ranks, _) in results.items() if masks is None or masks[task].any()}
+            per_task = {
+                task: _metrics(ranks if masks is None else ranks[masks[task]], ks)
+                for task, (ranks, _) in results.items()
+                if masks is None or masks[task].any()
+            }
             for task, values in per_task.items():
                 metrics.update({f"{prefix}{mode}/{name}/{task}": v for name, v in values.items()})
             if per_task:

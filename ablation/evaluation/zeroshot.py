@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ablation import encoders
 from ablation.config import EvalConfig, ModelConfig
-from ablation.data.tasks import TASKS
-from ablation.data.corpus import Split
 from ablation.data.batching import tokenize
+from ablation.data.corpus import Split
+from ablation.data.slices import Slices
+from ablation.data.tasks import TASKS
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import EvalResult, evaluate_scores, score_matrix
-from ablation.data.slices import Slices
 from models.pooling import Tower
 
 
@@ -43,7 +43,8 @@ class ZeroShot:
         return evaluate_scores(split, scores, tasks, ks=self.eval_cfg.ks, slices=slices)
 
 
-def zero_shot(split: Split, model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.device | str,
-              slices: Slices | None = None) -> EvalResult:
+def zero_shot(
+    split: Split, model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.device | str, slices: Slices | None = None
+) -> EvalResult:
     """Encode one split with the untrained encoder and evaluate all tasks."""
     return ZeroShot(model_cfg, eval_cfg, device).evaluate(split, slices)

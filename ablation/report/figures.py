@@ -5,14 +5,14 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from ablation.report.reader import StudyRuns  # noqa: E402
-from ablation.study.tuning_plots import FINAL, RATE, tuning_figures  # noqa: E402
+from ablation.report.reader import StudyRuns
+from ablation.study.tuning_plots import FINAL, RATE, tuning_figures
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -38,8 +38,17 @@ def _band(ax: plt.Axes, curves: pd.DataFrame, color: str, label: str, smooth: in
         ax.fill_between(c.index, c.min(axis=1), c.max(axis=1), color=color, alpha=0.2, linewidth=0)
 
 
-def curve_figure(runs: StudyRuns, arms: list[str], key: str, ylabel: str, title: str, xlabel: str = "training step",
-                 smooth: bool = False, logy: bool = False, reference: tuple[str, float] | None = None) -> Figure | None:
+def curve_figure(
+    runs: StudyRuns,
+    arms: list[str],
+    key: str,
+    ylabel: str,
+    title: str,
+    xlabel: str = "training step",
+    smooth: bool = False,
+    logy: bool = False,
+    reference: tuple[str, float] | None = None,
+) -> Figure | None:
     """One metric's history per arm: mean over seeds, band from min to max; `reference` (label, value) is
     drawn as a dashed horizontal line."""
     colors = arm_colors(arms)
@@ -76,8 +85,14 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), constrained_layout=True, squeeze=False)
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
-    for ax, arm in zip(axes[0], present):
-        keys = sorted({k[2] for k in runs.histories if k[0] == arm and k[2].startswith("grad_norm/") and k[2] != "grad_norm/total"})
+    for ax, arm in zip(axes[0], present, strict=True):
+        keys = sorted(
+            {
+                k[2]
+                for k in runs.histories
+                if k[0] == arm and k[2].startswith("grad_norm/") and k[2] != "grad_norm/total"
+            }
+        )
         for i, key in enumerate(keys):
             curves = _seed_curves(runs, arm, key)
             smooth = curves.rolling(max(1, len(curves) // 20), min_periods=1).mean().mean(axis=1)
@@ -95,35 +110,74 @@ def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: b
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
     zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
     key = "metrics.val/retrieval/acc_at_1/mean"
-    zero_val = ("zero-shot encoder", float(zero[key].dropna().iloc[0])) if key in zero and zero[key].notna().any() else None
+    zero_val = (
+        ("zero-shot encoder", float(zero[key].dropna().iloc[0])) if key in zero and zero[key].notna().any() else None
+    )
     figs: dict[str, Figure | None] = {
-        "loss.png": curve_figure(runs, arms, "loss/total", "training loss (triplet + CE pos + CE neg)", "Convergence: training loss", smooth=True),
-        "val_acc.png": curve_figure(runs, arms, "val/retrieval/acc_at_1/mean", "validation retrieval acc@1 (mean of tasks)",
-                                    "Convergence: validation accuracy", xlabel="epochs trained (0 = before any step)",
-                                    reference=zero_val),
-        "val_rerank_acc.png": curve_figure(runs, arms, "val/rerank/acc_at_1/mean", "validation reranked acc@1 (mean of tasks)",
-                                           "Convergence: reranked validation accuracy",
-                                           xlabel="epochs trained (0 = before any step)", reference=zero_val),
-        "grad_norm.png": curve_figure(runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm",
-                                      smooth=True, logy=True),
+        "loss.png": curve_figure(
+            runs,
+            arms,
+            "loss/total",
+            "training loss (triplet + CE pos + CE neg)",
+            "Convergence: training loss",
+            smooth=True,
+        ),
+        "val_acc.png": curve_figure(
+            runs,
+            arms,
+            "val/retrieval/acc_at_1/mean",
+            "validation retrieval acc@1 (mean of tasks)",
+            "Convergence: validation accuracy",
+            xlabel="epochs trained (0 = before any step)",
+            reference=zero_val,
+        ),
+        "val_rerank_acc.png": curve_figure(
+            runs,
+            arms,
+            "val/rerank/acc_at_1/mean",
+            "validation reranked acc@1 (mean of tasks)",
+            "Convergence: reranked validation accuracy",
+            xlabel="epochs trained (0 = before any step)",
+            reference=zero_val,
+        ),
+        "grad_norm.png": curve_figure(
+            runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm", smooth=True, logy=True
+        ),
         "grad_parts.png": part_norms_figure(runs, arms),
-        "grad_cosine.png": curve_figure(runs, arms, "grad_cosine/query_vs_candidate", "cosine(query-side, candidate-side gradient)",
-                                        "Do the two sides pull the encoder the same way?"),
-        "encoder_distance.png": curve_figure(runs, arms, "encoder_distance", "L2 distance between encoders' weights",
-                                             "Drift between query and candidate encoder"),
+        "grad_cosine.png": curve_figure(
+            runs,
+            arms,
+            "grad_cosine/query_vs_candidate",
+            "cosine(query-side, candidate-side gradient)",
+            "Do the two sides pull the encoder the same way?",
+        ),
+        "encoder_distance.png": curve_figure(
+            runs,
+            arms,
+            "encoder_distance",
+            "L2 distance between encoders' weights",
+            "Drift between query and candidate encoder",
+        ),
     }
     colors = arm_colors(arms)
     for arm in arms:
         trials = runs.trials(arm)
         if trials.empty:
             continue
-        table = pd.DataFrame({
-            "number": trials["trial"].astype(int),
-            "value": trials.get(f"metrics.{objective}", pd.Series(np.nan, index=trials.index)),
-            "state": np.where(trials["state"] == "complete", "COMPLETE", np.where(trials["state"] == "pruned", "PRUNED", "FAIL")),
-            **{key: pd.to_numeric(trials[f"params.{key}"], errors="coerce") for key in (RATE, FINAL)
-               if f"params.{key}" in trials},
-        })
+        table = pd.DataFrame(
+            {
+                "number": trials["trial"].astype(int),
+                "value": trials.get(f"metrics.{objective}", pd.Series(np.nan, index=trials.index)),
+                "state": np.where(
+                    trials["state"] == "complete", "COMPLETE", np.where(trials["state"] == "pruned", "PRUNED", "FAIL")
+                ),
+                **{
+                    key: pd.to_numeric(trials[f"params.{key}"], errors="coerce")
+                    for key in (RATE, FINAL)
+                    if f"params.{key}" in trials
+                },
+            }
+        )
         for name, fig in tuning_figures(table, objective, arm, colors[arm], maximize).items():
             figs[f"{arm}_{name}"] = fig
     return {k: v for k, v in figs.items() if v is not None}

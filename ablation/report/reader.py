@@ -39,9 +39,19 @@ def _frame(runs: list) -> pd.DataFrame:
     rows = []
     for r in runs:
         t = r.data.tags
-        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "role": t.get("role"),
-               "arm": t.get("arm"), "seed": t.get("seed"), "trial": t.get("trial"), "state": t.get("state"),
-               "failure": t.get("failure"), "start_time": r.info.start_time, "end_time": r.info.end_time}
+        row = {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "role": t.get("role"),
+            "arm": t.get("arm"),
+            "seed": t.get("seed"),
+            "trial": t.get("trial"),
+            "state": t.get("state"),
+            "failure": t.get("failure"),
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
+        }
         row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
         row.update({f"params.{k}": v for k, v in r.data.params.items()})
         row.update({f"tags.{k}": v for k, v in t.items()})
@@ -73,7 +83,9 @@ def read_study(name: str, tracking_uri: str, experiment: str | None = None) -> S
     except (MlflowException, OSError):  # a study interrupted before its end has no config artifact yet
         config = {}
     out = StudyRuns(name, config or {}, study_run, _frame(runs))
-    for _, row in out.runs[out.runs["role"].isin(["final", "zero-shot"]) & (out.runs["status"] == "FINISHED")].iterrows():
+    for _, row in out.runs[
+        out.runs["role"].isin(["final", "zero-shot"]) & (out.runs["status"] == "FINISHED")
+    ].iterrows():
         arm, seed = row["arm"], row["seed"]
         try:
             path = client.download_artifacts(row["run_id"], "per_query_test.csv")
@@ -81,10 +93,11 @@ def read_study(name: str, tracking_uri: str, experiment: str | None = None) -> S
         except (MlflowException, OSError):
             pass  # the report says which per-query results are missing
         if row["role"] == "final":
-            present = {k[len("metrics."):] for k in row.index if k.startswith("metrics.") and pd.notna(row[k])}
+            present = {k[len("metrics.") :] for k in row.index if k.startswith("metrics.") and pd.notna(row[k])}
             keys = set(HISTORY_KEYS) | {k for k in present if k.startswith("grad_norm/")} | set(VAL_KEYS)
             for key in sorted(keys & present):
                 hist = client.get_metric_history(row["run_id"], key)
                 out.histories[(arm, seed, key)] = pd.DataFrame(
-                    {"step": [m.step for m in hist], "value": [m.value for m in hist]}).sort_values("step")
+                    {"step": [m.step for m in hist], "value": [m.value for m in hist]}
+                ).sort_values("step")
     return out

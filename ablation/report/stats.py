@@ -77,8 +77,11 @@ def compare(reference: pd.DataFrame, arm: pd.DataFrame, fixed_reference: bool = 
         n_seeds = len(seeds)
     else:
         d = a.mean(1, keepdims=True) - r.mean(1, keepdims=True)
-        parts = [(_var(a.mean(0), 0) / a.shape[1], a.shape[1] - 1), (_var(r.mean(0), 0) / r.shape[1], r.shape[1] - 1),
-                 (_var(d[:, 0], 0) / q, q - 1)]
+        parts = [
+            (_var(a.mean(0), 0) / a.shape[1], a.shape[1] - 1),
+            (_var(r.mean(0), 0) / r.shape[1], r.shape[1] - 1),
+            (_var(d[:, 0], 0) / q, q - 1),
+        ]
         n_seeds = min(a.shape[1], r.shape[1])
     diff = float(d.mean())
     var = float(sum(v for v, _ in parts))

@@ -9,20 +9,38 @@ from ablation.data.tasks import TASKS
 from ablation.report.reader import StudyRuns
 from ablation.report.stats import MIN_SEEDS, Comparison, compare, correctness, holm
 
-HEADLINE = [("retrieval", "acc_at_1"), ("rerank", "acc_at_1"), ("retrieval", "recall_at_5"), ("retrieval", "recall_at_10"),
-            ("rerank", "recall_at_5"), ("rerank", "recall_at_10"), ("retrieval", "mrr"), ("rerank", "mrr")]
+HEADLINE = [
+    ("retrieval", "acc_at_1"),
+    ("rerank", "acc_at_1"),
+    ("retrieval", "recall_at_5"),
+    ("retrieval", "recall_at_10"),
+    ("rerank", "recall_at_5"),
+    ("rerank", "recall_at_10"),
+    ("retrieval", "mrr"),
+    ("rerank", "mrr"),
+]
 
 
 def headline_metrics(rerank_k: int) -> list[tuple[str, str]]:
     """The report's metrics, less rerank recall@K for K ≤ rerank_k: reranking the top rerank_k keeps
     their set, so it equals retrieval recall@K there."""
-    return [(mode, metric) for mode, metric in HEADLINE
-            if not (mode == "rerank" and metric.startswith("recall_at_") and int(metric.rsplit("_", 1)[1]) <= rerank_k)]
+    return [
+        (mode, metric)
+        for mode, metric in HEADLINE
+        if not (mode == "rerank" and metric.startswith("recall_at_") and int(metric.rsplit("_", 1)[1]) <= rerank_k)
+    ]
 
 
 SLICES = ("all", "unseen", "self_copy")
 MODES = ("retrieval", "rerank")
-COUNT_KEYS = ["params/total", "params/unique", "params/trainable", "params/query_side", "params/candidate_side", "params/classifier"]
+COUNT_KEYS = [
+    "params/total",
+    "params/unique",
+    "params/trainable",
+    "params/query_side",
+    "params/candidate_side",
+    "params/classifier",
+]
 
 
 def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFrame:
@@ -41,16 +59,26 @@ def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFram
                     values = frame[col].dropna().to_numpy() if col in frame else np.array([])
                     if len(values) == 0:
                         continue
-                    rows.append({"arm": arm, "slice": slice_, "mode": mode, "metric": metric, "task": task,
-                                 "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                                 "n_seeds": len(values)})
+                    rows.append(
+                        {
+                            "arm": arm,
+                            "slice": slice_,
+                            "mode": mode,
+                            "metric": metric,
+                            "task": task,
+                            "mean": float(values.mean()),
+                            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                            "n_seeds": len(values),
+                        }
+                    )
     return pd.DataFrame(rows, columns=["arm", "slice", "mode", "metric", "task", "mean", "std", "n_seeds"])
 
 
 def headline(summary_table: pd.DataFrame, mode: str, metric: str, slice_: str = "all") -> pd.DataFrame:
     """arms × tasks tables of means and standard deviations for one metric on one slice."""
-    part = summary_table[(summary_table["mode"] == mode) & (summary_table["metric"] == metric)
-                         & (summary_table["slice"] == slice_)]
+    part = summary_table[
+        (summary_table["mode"] == mode) & (summary_table["metric"] == metric) & (summary_table["slice"] == slice_)
+    ]
     if part.empty:
         return pd.DataFrame()
     means = part.pivot(index="arm", columns="task", values="mean").reindex(columns=[*TASKS, "mean"])
@@ -69,7 +97,16 @@ def param_table(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
         if frame.empty:
             continue
         row = frame.iloc[0]
-        rows.append({"arm": arm, **{k.split("/")[1]: int(row[f"metrics.{k}"]) for k in COUNT_KEYS if f"metrics.{k}" in row and pd.notna(row[f"metrics.{k}"])}})
+        rows.append(
+            {
+                "arm": arm,
+                **{
+                    k.split("/")[1]: int(row[f"metrics.{k}"])
+                    for k in COUNT_KEYS
+                    if f"metrics.{k}" in row and pd.notna(row[f"metrics.{k}"])
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -78,8 +115,15 @@ def _per_query(runs: StudyRuns, arm: str) -> dict[str, pd.DataFrame]:
 
 
 def _row(c: Comparison, **keys: object) -> dict:
-    return {**keys, "diff": c.diff, "ci_low": c.low, "ci_high": c.high, "p_value": c.p_value, "n_queries": c.n_queries,
-            "n_seeds": c.n_seeds}
+    return {
+        **keys,
+        "diff": c.diff,
+        "ci_low": c.low,
+        "ci_high": c.high,
+        "p_value": c.p_value,
+        "n_queries": c.n_queries,
+        "n_seeds": c.n_seeds,
+    }
 
 
 def _adjust(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
@@ -92,8 +136,22 @@ def _adjust(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
     return frame
 
 
-COMPARISON_COLUMNS = ["arm", "reference", "slice", "mode", "task", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
-                      "n_queries", "n_seeds", "significant", "family"]
+COMPARISON_COLUMNS = [
+    "arm",
+    "reference",
+    "slice",
+    "mode",
+    "task",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "n_queries",
+    "n_seeds",
+    "significant",
+    "family",
+]
 
 
 def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
@@ -114,8 +172,17 @@ def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
                     key = None if task == "mean" else task
                     c = compare(correctness(ref, key, mode, slice_), correctness(mine, key, mode, slice_))
                     if c.n_queries:
-                        rows.append(_row(c, arm=arm, reference=reference, slice=slice_, mode=mode, task=task,
-                                         family="headline" if task == "mean" else f"{slice_}/{mode}"))
+                        rows.append(
+                            _row(
+                                c,
+                                arm=arm,
+                                reference=reference,
+                                slice=slice_,
+                                mode=mode,
+                                task=task,
+                                family="headline" if task == "mean" else f"{slice_}/{mode}",
+                            )
+                        )
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     return _adjust(pd.DataFrame(rows), ["arm", "family"])[COMPARISON_COLUMNS]
@@ -131,11 +198,23 @@ def against_zero_shot(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
         if not zero or not mine:
             continue
         for slice_ in ("all", "unseen"):
-            c = compare(correctness(zero, None, "retrieval", slice_), correctness(mine, None, "retrieval", slice_),
-                        fixed_reference=True)
+            c = compare(
+                correctness(zero, None, "retrieval", slice_),
+                correctness(mine, None, "retrieval", slice_),
+                fixed_reference=True,
+            )
             if c.n_queries:
-                rows.append(_row(c, arm=arm, reference="zero-shot", slice=slice_, mode="retrieval", task="mean",
-                                 family="zero-shot"))
+                rows.append(
+                    _row(
+                        c,
+                        arm=arm,
+                        reference="zero-shot",
+                        slice=slice_,
+                        mode="retrieval",
+                        task="mean",
+                        family="zero-shot",
+                    )
+                )
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     return _adjust(pd.DataFrame(rows), ["family"])[COMPARISON_COLUMNS]

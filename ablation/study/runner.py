@@ -16,12 +16,20 @@ import matplotlib.pyplot as plt
 import torch
 
 from ablation.config import ExperimentConfig, dump_yaml
-from ablation.data.corpus import REPO_ROOT
 from ablation.data.run_data import load_run_data
-from ablation.study.tuning import StudyContext, best_config, check_objective, final_runs, optuna_study, tune_arm, zero_shot_run
-from ablation.tracking.store import Tracker, git_commit, package_versions, resolve_tracking_uri
-from ablation.study.tuning_plots import tuning_figures, trials_table
+from ablation.io import REPO_ROOT
+from ablation.study.tuning import (
+    StudyContext,
+    best_config,
+    check_objective,
+    final_runs,
+    optuna_study,
+    tune_arm,
+    zero_shot_run,
+)
+from ablation.study.tuning_plots import trials_table, tuning_figures
 from ablation.study.workers import locked
+from ablation.tracking.store import Tracker, git_commit, package_versions, resolve_tracking_uri
 
 ARM_COLORS = ["C0", "C1", "C2", "C3", "C4", "C5"]
 
@@ -36,8 +44,10 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
     name = cfg.study.name
     with locked(folder / "study.lock"):
         study_run = tracker.find_or_create_run(experiment, name, {"study": name, "role": "study"})
-        arm_runs = {arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
-                    for arm in cfg.study.arms}
+        arm_runs = {
+            arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm}, study_run)
+            for arm in cfg.study.arms
+        }
     for key, value in {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}.items():
         tracker.client.set_tag(study_run, key, value)  # as of this (re)start
     return StudyContext(cfg, data, tracker, experiment, folder, study_run, arm_runs)
@@ -52,7 +62,9 @@ def work(ctx: StudyContext) -> None:
         final_runs(ctx, arm)
 
 
-def _worker_main(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int) -> None:
+def _worker_main(
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int
+) -> None:
     torch.set_num_threads(threads)
     work(_context(cfg, corpus, tracking_uri, run_dir))
 
@@ -65,8 +77,13 @@ def _finish(ctx: StudyContext) -> list[str]:
     client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
     for i, arm in enumerate(cfg.study.arms):
         study = optuna_study(ctx, arm)
-        figures = tuning_figures(trials_table(study), cfg.study.objective, arm, ARM_COLORS[i % len(ARM_COLORS)],
-                                 cfg.study.direction == "maximize")
+        figures = tuning_figures(
+            trials_table(study),
+            cfg.study.objective,
+            arm,
+            ARM_COLORS[i % len(ARM_COLORS)],
+            cfg.study.direction == "maximize",
+        )
         for name, fig in figures.items():
             client.log_figure(ctx.arm_runs[arm], fig, name)
             plt.close(fig)
@@ -76,14 +93,22 @@ def _finish(ctx: StudyContext) -> list[str]:
         client.set_terminated(ctx.arm_runs[arm], "FINISHED")
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in best.items()) or "defaults (no complete trial)"
-        lines.append(f"  {arm}: best {shown}; trials {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
-                     f"{states.count('FAIL')} failed")
+        lines.append(
+            f"  {arm}: best {shown}; trials {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+            f"{states.count('FAIL')} failed"
+        )
     client.set_terminated(ctx.study_run, "FINISHED")
     return lines
 
 
-def run_study(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: str | None = None, run_dir: str | None = None,
-              workers: int = 1, report: bool = True) -> str:
+def run_study(
+    cfg: ExperimentConfig,
+    corpus: str | None = None,
+    tracking_uri: str | None = None,
+    run_dir: str | None = None,
+    workers: int = 1,
+    report: bool = True,
+) -> str:
     """Run (or resume) the whole study; returns a summary saying where the results are."""
     start = time.perf_counter()
     ctx = _context(cfg, corpus, tracking_uri, run_dir)
@@ -92,8 +117,10 @@ def run_study(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: st
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         spawn = mp.get_context("spawn")
-        procs = [spawn.Process(target=_worker_main, args=(cfg, corpus, tracking_uri, str(ctx.run_dir), threads))
-                 for _ in range(workers)]
+        procs = [
+            spawn.Process(target=_worker_main, args=(cfg, corpus, tracking_uri, str(ctx.run_dir), threads))
+            for _ in range(workers)
+        ]
         for p in procs:
             p.start()
         try:
@@ -106,8 +133,11 @@ def run_study(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: st
         failed = [p.exitcode for p in procs if p.exitcode != 0]
         if failed:
             raise RuntimeError(f"{len(failed)} worker(s) failed (exit codes {failed}); rerun to resume")
-    lines = [f"study {cfg.study.name!r} done in {time.perf_counter() - start:.0f} s",
-             f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)", *_finish(ctx)]
+    lines = [
+        f"study {cfg.study.name!r} done in {time.perf_counter() - start:.0f} s",
+        f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)",
+        *_finish(ctx),
+    ]
     if report:
         from ablation.report.build import build_report
 

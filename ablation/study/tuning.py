@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData
 from ablation.errors import UserError
-from ablation.training.recorder import MemoryRecorder
-from ablation.tracking.store import Tracker
-from ablation.training.trainer import NonFiniteLoss, Trainer, run_tags
 from ablation.study.workers import alive, claim, locked, owner, release
+from ablation.tracking.store import Tracker
+from ablation.training.recorder import MemoryRecorder
+from ablation.training.trainer import NonFiniteLoss, Trainer, run_tags
 
 COUNTED = "counted"  # user attr: a failed trial that used budget (non-finite loss), not a crashed worker
 
@@ -55,10 +55,17 @@ def check_objective(cfg: ExperimentConfig) -> None:
     """The objective must name a validation metric the trainer records."""
     parts = cfg.study.objective.split("/")
     metrics = {"acc_at_1", "mrr", *(f"recall_at_{k}" for k in cfg.eval.ks)}
-    if (len(parts) != 4 or parts[0] != "val" or parts[1] not in ("retrieval", "rerank") or parts[2] not in metrics
-            or parts[3] not in (*cfg.eval.val_tasks, "mean")):
-        raise UserError(f"config: study.objective {cfg.study.objective!r} is not a validation metric "
-                        "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)")
+    if (
+        len(parts) != 4
+        or parts[0] != "val"
+        or parts[1] not in ("retrieval", "rerank")
+        or parts[2] not in metrics
+        or parts[3] not in (*cfg.eval.val_tasks, "mean")
+    ):
+        raise UserError(
+            f"config: study.objective {cfg.study.objective!r} is not a validation metric "
+            "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)"
+        )
 
 
 def optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
@@ -67,17 +74,25 @@ def optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
     s = ctx.cfg.study
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
-        if s.pruner == "median" else optuna.pruners.NopPruner())
+        if s.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx.studies[arm] = optuna.create_study(
-        study_name=f"{s.name}-{arm}", storage=ctx.storage(), load_if_exists=True, direction=s.direction,
-        sampler=optuna.samplers.TPESampler(seed=s.tuning_seed), pruner=pruner)
+        study_name=f"{s.name}-{arm}",
+        storage=ctx.storage(),
+        load_if_exists=True,
+        direction=s.direction,
+        sampler=optuna.samplers.TPESampler(seed=s.tuning_seed),
+        pruner=pruner,
+    )
     return ctx.studies[arm]
 
 
 def _used(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get(COUNTED, False))
+        trial.state == TrialState.FAIL and trial.user_attrs.get(COUNTED, False)
+    )
 
 
 def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
@@ -89,8 +104,11 @@ def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
     flt = f"tags.study = '{ctx.cfg.study.name}' and tags.arm = '{arm}' and attributes.status != 'FINISHED'"
     for run in ctx.tracker.client.search_runs([exp_id], filter_string=flt):
         tags = run.data.tags
-        if tags.get("role") in ("trial", "final") and run.info.status in ("RUNNING", "KILLED") \
-                and not alive(tags.get("host"), tags.get("pid")):
+        if (
+            tags.get("role") in ("trial", "final")
+            and run.info.status in ("RUNNING", "KILLED")
+            and not alive(tags.get("host"), tags.get("pid"))
+        ):
             ctx.tracker.client.delete_run(run.info.run_id)
 
 
@@ -100,7 +118,14 @@ def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfi
     return cfg
 
 
-def _train(ctx: StudyContext, cfg: ExperimentConfig, name: str, tags: dict[str, str], parent: str, trial: optuna.trial.Trial | None = None) -> float | None:
+def _train(
+    ctx: StudyContext,
+    cfg: ExperimentConfig,
+    name: str,
+    tags: dict[str, str],
+    parent: str,
+    trial: optuna.trial.Trial | None = None,
+) -> float | None:
     """One tracked training run; with `trial`, each epoch reports to Optuna and may be pruned."""
     objective = ctx.cfg.study.objective
 
@@ -142,8 +167,14 @@ def tune_arm(ctx: StudyContext, arm: str) -> None:
                 trial.set_user_attr(k, v)
         cfg = _sample(trial, base)
         try:
-            value = _train(ctx, cfg, f"{arm}-trial{trial.number}", {"role": "trial", "trial": str(trial.number)},
-                           ctx.arm_runs[arm], trial)
+            value = _train(
+                ctx,
+                cfg,
+                f"{arm}-trial{trial.number}",
+                {"role": "trial", "trial": str(trial.number)},
+                ctx.arm_runs[arm],
+                trial,
+            )
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             continue
@@ -183,8 +214,14 @@ def best_config(ctx: StudyContext, arm: str) -> tuple[ExperimentConfig, dict[str
 
 def _finished(ctx: StudyContext, role: str, **tags: str) -> bool:
     exp_id = ctx.tracker.experiment_id(ctx.experiment)
-    flt = " and ".join([f"tags.study = '{ctx.cfg.study.name}'", f"tags.role = '{role}'", "attributes.status = 'FINISHED'",
-                        *(f"tags.{k} = '{v}'" for k, v in tags.items())])
+    flt = " and ".join(
+        [
+            f"tags.study = '{ctx.cfg.study.name}'",
+            f"tags.role = '{role}'",
+            "attributes.status = 'FINISHED'",
+            *(f"tags.{k} = '{v}'" for k, v in tags.items()),
+        ]
+    )
     return bool(ctx.tracker.client.search_runs([exp_id], filter_string=flt, max_results=1))
 
 
@@ -209,15 +246,21 @@ def final_runs(ctx: StudyContext, arm: str) -> None:
 
 def zero_shot_run(ctx: StudyContext) -> None:
     """The pretrained encoder, untrained, on the validation and test splits: the reference row."""
-    from ablation.runtime import describe_device, resolve_device
     from ablation.evaluation.zeroshot import ZeroShot
+    from ablation.runtime import describe_device, resolve_device
 
     if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not claim(ctx.run_dir / "claims", "zero-shot"):
         return
     try:
         device = resolve_device(ctx.cfg.train.device)
-        tags = {**run_tags(ctx.cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, "role": "zero-shot",
-                "arm": "zero-shot", "device": describe_device(device)}
+        tags = {
+            **run_tags(ctx.cfg, ctx.data),
+            **owner(),
+            "study": ctx.cfg.study.name,
+            "role": "zero-shot",
+            "arm": "zero-shot",
+            "device": describe_device(device),
+        }
         with ctx.tracker.run(ctx.experiment, "zero-shot", tags, ctx.study_run) as rec:
             model = ZeroShot(ctx.cfg.model, ctx.cfg.eval, device)
             val = model.evaluate(ctx.data.val.split, ctx.data.val.slices, ctx.cfg.eval.val_tasks)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 RATE = "negatives.random_rate"
 FINAL = "negatives.random_rate_final"
@@ -37,7 +37,9 @@ def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> 
     return fig
 
 
-def history_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True) -> Figure:
+def history_figure(
+    trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True
+) -> Figure:
     """Objective per trial (complete ones as dots, pruned/failed as crosses at the bottom) and the best so far."""
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     done = trials[trials["state"] == "COMPLETE"].sort_values("number")
@@ -60,8 +62,18 @@ def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "
     if RATE in done and not done.empty:
         final = pd.to_numeric(done[FINAL], errors="coerce") if FINAL in done else done[RATE]
         final = final.fillna(done[RATE]).astype(float)  # no final rate: constant
-        points = ax.scatter(done[RATE].astype(float), done["value"], c=final, cmap="viridis", vmin=0, vmax=1, s=60,
-                            edgecolor=color, linewidth=1.5, label="trial (fill: final random rate)")
+        points = ax.scatter(
+            done[RATE].astype(float),
+            done["value"],
+            c=final,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            s=60,
+            edgecolor=color,
+            linewidth=1.5,
+            label="trial (fill: final random rate)",
+        )
         fig.colorbar(points, ax=ax, label="final random_rate")
     else:
         ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center", color="grey")
@@ -69,7 +81,9 @@ def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "
     return _finish(fig, ax, "initial random_rate (share of random negatives)", objective, title)
 
 
-def tuning_figures(trials: pd.DataFrame, objective: str, arm: str, color: str = "C0", maximize: bool = True) -> dict[str, Figure]:
+def tuning_figures(
+    trials: pd.DataFrame, objective: str, arm: str, color: str = "C0", maximize: bool = True
+) -> dict[str, Figure]:
     """Both tuning figures of one arm, keyed by artifact file name."""
     return {
         "optuna_history.png": history_figure(trials, objective, f"{arm}: optimisation history", color, maximize),

@@ -12,14 +12,15 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ablation.data.corpus import REPO_ROOT
+from ablation.io import REPO_ROOT
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -32,7 +33,7 @@ def resolve_tracking_uri(cli: str | None = None, config: str | None = None) -> s
 def artifact_location(uri: str) -> str | None:
     """For a SQLite store, artifacts go to `mlartifacts/` next to the database file."""
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):]).resolve()
+        db = Path(uri[len("sqlite:///") :]).resolve()
         return (db.parent / "mlartifacts").as_uri()
     return None
 
@@ -40,9 +41,16 @@ def artifact_location(uri: str) -> str | None:
 def git_commit() -> str:
     """The repository's commit (with `+dirty` when the tree has changes), or `unknown`."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -79,7 +87,7 @@ class Tracker:
         return self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
     @contextlib.contextmanager
-    def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator["RunRecorder"]:
+    def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator[RunRecorder]:
         """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
         all_tags = {k: str(v) for k, v in tags.items()}
         if parent:
@@ -120,7 +128,9 @@ class RunRecorder:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer finite metrics at `step` (non-finite values are skipped: MLflow would store NaN rows)."""
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v))
+        self._buffer.extend(
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)
+        )
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
@@ -154,8 +164,6 @@ def package_versions() -> dict[str, str]:
 
     out = {}
     for name in ("torch", "transformers", "mlflow", "optuna", "scikit-learn", "numpy", "pandas"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[f"version.{name}"] = version(name)
-        except PackageNotFoundError:
-            pass
     return out

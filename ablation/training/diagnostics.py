@@ -77,10 +77,28 @@ def backward_by_side(model: BiEncoder, out: TripletOutput, loss: torch.Tensor) -
     q_named = q_named if q_out else {}
     c_named = c_named if c_out else {}
     grads = torch.autograd.grad(loss, q_out + c_out + rest, retain_graph=bool(q_named or c_named))
-    d_q, d_c, g_rest = grads[: len(q_out)], grads[len(q_out) : len(q_out) + len(c_out)], grads[len(q_out) + len(c_out) :]
-    g_q = dict(zip(q_named, torch.autograd.grad(q_out, list(q_named.values()), d_q, retain_graph=bool(c_named), allow_unused=True))) if q_named else {}
-    g_c = dict(zip(c_named, torch.autograd.grad(c_out, list(c_named.values()), d_c, allow_unused=True))) if c_named else {}
-    for p, g in zip(rest, g_rest):
+    d_q, d_c, g_rest = (
+        grads[: len(q_out)],
+        grads[len(q_out) : len(q_out) + len(c_out)],
+        grads[len(q_out) + len(c_out) :],
+    )
+    g_q = (
+        dict(
+            zip(
+                q_named,
+                torch.autograd.grad(q_out, list(q_named.values()), d_q, retain_graph=bool(c_named), allow_unused=True),
+                strict=True,
+            )
+        )
+        if q_named
+        else {}
+    )
+    g_c = (
+        dict(zip(c_named, torch.autograd.grad(c_out, list(c_named.values()), d_c, allow_unused=True), strict=True))
+        if c_named
+        else {}
+    )
+    for p, g in zip(rest, g_rest, strict=True):
         p.grad = g
     for named, side in ((q_named, g_q), (c_named, g_c)):
         for name, p in named.items():

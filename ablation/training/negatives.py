@@ -78,8 +78,9 @@ class Negatives:
         }
 
 
-def nearest_allowed(query_vecs: np.ndarray, cand_vecs: np.ndarray, forbidden: Forbidden,
-                    index: str = "auto") -> tuple[np.ndarray, int]:
+def nearest_allowed(
+    query_vecs: np.ndarray, cand_vecs: np.ndarray, forbidden: Forbidden, index: str = "auto"
+) -> tuple[np.ndarray, int]:
     """Per query the nearest candidate not forbidden to it, and how many nearer copies (forbidden texts
     other than its own counter and itself) were skipped in all."""
     n = len(query_vecs)
@@ -102,12 +103,20 @@ def random_allowed(forbidden: Forbidden, rng: np.random.Generator) -> np.ndarray
     return draw
 
 
-def mine(query_vecs: np.ndarray, cand_vecs: np.ndarray, rates: np.ndarray | float, rng: np.random.Generator,
-         forbidden: Forbidden, index: str = "auto") -> Negatives:
+def mine(
+    query_vecs: np.ndarray,
+    cand_vecs: np.ndarray,
+    rates: np.ndarray | float,
+    rng: np.random.Generator,
+    forbidden: Forbidden,
+    index: str = "auto",
+) -> Negatives:
     """Hard negatives from the neighbour index, each replaced by a random one with its query's rate."""
     n = len(query_vecs)
     if len(cand_vecs) != 2 * n or len(forbidden.count) != n:
-        raise ValueError(f"expected {2 * n} candidates and {n} forbidden rows, got {len(cand_vecs)} and {len(forbidden.count)}")
+        raise ValueError(
+            f"expected {2 * n} candidates and {n} forbidden rows, got {len(cand_vecs)} and {len(forbidden.count)}"
+        )
     rates = np.broadcast_to(np.asarray(rates, dtype=np.float64), (n,))
     coin = rng.random(n) < rates
     random_choice = random_allowed(forbidden, rng)
@@ -115,5 +124,6 @@ def mine(query_vecs: np.ndarray, cand_vecs: np.ndarray, rates: np.ndarray | floa
     chosen = np.where(coin, random_choice, hard)
     dist = np.linalg.norm(query_vecs - cand_vecs[chosen], axis=1)
     hard_dist = float(dist[~coin].mean()) if (~coin).any() else float("nan")
-    return Negatives(chosen, coin, float(rates.mean()), float(dist.mean()), hard_dist, skipped,
-                     int(forbidden.contains(chosen).sum()))
+    return Negatives(
+        chosen, coin, float(rates.mean()), float(dist.mean()), hard_dist, skipped, int(forbidden.contains(chosen).sum())
+    )

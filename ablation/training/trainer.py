@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 
 from ablation import encoders
 from ablation.config import ExperimentConfig, dump_yaml, flatten
-from ablation.data.tasks import TASKS
-from ablation.data.run_data import RunData, load_run_data
-from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.data.batching import bucketed_batches, pad_batch
+from ablation.data.run_data import RunData, load_run_data
+from ablation.data.tasks import TASKS
 from ablation.evaluation.trained import encode_sides, evaluate_model
+from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
+from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.training.negatives import Forbidden, mine, random_rates
 from ablation.training.recorder import MemoryRecorder, Recorder
-from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
 from models.biencoder import BiEncoder
 from models.heads import pca_projection
 from models.loss import TripletPairLoss
@@ -58,8 +58,10 @@ def _optimizer(cfg: ExperimentConfig, model: BiEncoder) -> torch.optim.Optimizer
     t = cfg.train
     towers = {id(p) for m in (model.query_tower, model.cand_tower) for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) in towers], "lr": t.lr},
-              {"params": [p for p in trainable if id(p) not in towers], "lr": t.head_lr if t.head_lr is not None else t.lr}]
+    groups = [
+        {"params": [p for p in trainable if id(p) in towers], "lr": t.lr},
+        {"params": [p for p in trainable if id(p) not in towers], "lr": t.head_lr if t.head_lr is not None else t.lr},
+    ]
     groups = [g for g in groups if g["params"]]
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, weight_decay=t.weight_decay)
@@ -78,8 +80,14 @@ def build_model(cfg: ExperimentConfig, data: RunData, device: torch.device) -> B
 class Trainer:
     """Holds one run's state; `fit()` trains, validates each epoch, and evaluates on test."""
 
-    def __init__(self, cfg: ExperimentConfig, data: RunData, recorder: Recorder, on_epoch: EpochCallback | None = None,
-                 test: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        data: RunData,
+        recorder: Recorder,
+        on_epoch: EpochCallback | None = None,
+        test: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.test = test  # tuning trials skip the test split: they are chosen on validation only
         self.data = data
@@ -105,8 +113,15 @@ class Trainer:
         cfg, data = self.cfg, self.data
         self.result.counts = param_counts(self.model)
         self.result.sums = checksums(self.model)
-        self.rec.log_params({**flatten(cfg), "data.train_queries": data.train.split.n, "data.val_queries": data.val.split.n,
-                             "data.test_queries": data.test.split.n, "data.corpus_path": data.corpus})
+        self.rec.log_params(
+            {
+                **flatten(cfg),
+                "data.train_queries": data.train.split.n,
+                "data.val_queries": data.val.split.n,
+                "data.test_queries": data.test.split.n,
+                "data.corpus_path": data.corpus,
+            }
+        )
         self.rec.set_tags({**self.result.sums, "device": describe_device(self.device)})
         self.rec.log_metrics(dict(self.result.counts), step=0)
         self.rec.log_text(dump_yaml(cfg), "config.yaml")
@@ -114,19 +129,34 @@ class Trainer:
     def _train_vectors(self, init_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Projected vectors of training queries (query side) and candidates (candidate side), no dropout;
         with `init_heads` (before the first step), the heads are first set from the pooled vectors."""
-        q, c = encode_sides(self.model, self.data.train, self.data.pad_id, self.cfg.eval.batch_size, self.device, self.cfg.train.precision)
+        q, c = encode_sides(
+            self.model,
+            self.data.train,
+            self.data.pad_id,
+            self.cfg.eval.batch_size,
+            self.device,
+            self.cfg.train.precision,
+        )
         if init_heads:
-            self.model.init_heads(*(t.to(self.device) for t in pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim)))
-            with torch.no_grad():  # every arm's towers are identical before the first step, so one fit serves both sides
-                q["proj"], c["proj"] = (head(torch.from_numpy(v["pool"]).to(self.device)).float().cpu().numpy()
-                                        for head, v in ((self.model.query_head, q), (self.model.cand_head, c)))
+            self.model.init_heads(
+                *(t.to(self.device) for t in pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim))
+            )
+            with (
+                torch.no_grad()
+            ):  # every arm's towers are identical before the first step, so one fit serves both sides
+                q["proj"], c["proj"] = (
+                    head(torch.from_numpy(v["pool"]).to(self.device)).float().cpu().numpy()
+                    for head, v in ((self.model.query_head, q), (self.model.cand_head, c))
+                )
         return q["proj"], c["proj"]
 
     def _step(self, idx: np.ndarray, negatives: np.ndarray, cache: tuple[np.ndarray, np.ndarray] | None) -> float:
         cfg, tr = self.cfg, self.data.train
         pad, dev = self.data.pad_id, self.device
-        batches = [pad_batch([toks[i] for i in ids], pad) for toks, ids in
-                   ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negatives[idx]))]
+        batches = [
+            pad_batch([toks[i] for i in ids], pad)
+            for toks, ids in ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negatives[idx]))
+        ]
         q, p, n = ({k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches)
         with autocast(self.device, cfg.train.precision):
             out = self.model(q, p, n)
@@ -161,8 +191,15 @@ class Trainer:
         return value
 
     def validate(self, epoch: int) -> dict[str, float]:
-        res = evaluate_model(self.model, self.data.val, self.data.pad_id, self.cfg.eval, self.device,
-                             self.cfg.eval.val_tasks, self.cfg.train.precision)
+        res = evaluate_model(
+            self.model,
+            self.data.val,
+            self.data.pad_id,
+            self.cfg.eval,
+            self.device,
+            self.cfg.eval.val_tasks,
+            self.cfg.train.precision,
+        )
         metrics = {f"val/{k}": v for k, v in res.metrics.items()}
         self.rec.log_metrics(metrics, step=epoch)
         self.result.val_history.append(metrics)
@@ -194,21 +231,36 @@ class Trainer:
             refresh = time.perf_counter() - refresh
             self.epoch_batches.append(batches)
             self.epoch_negatives.append(negs.index)
-            bar = tqdm(batches, desc=f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch + 1}/{cfg.train.epochs}", unit="step", leave=False, disable=None)
+            bar = tqdm(
+                batches,
+                desc=f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch + 1}/{cfg.train.epochs}",
+                unit="step",
+                leave=False,
+                disable=None,
+            )
             for idx in bar:  # with reuse, the steps update `vectors` in place (mining is done with them)
                 loss = self._step(idx, negs.index, vectors if reuse else None)
                 bar.set_postfix(loss=f"{loss:.3f}")
             train_time = time.perf_counter() - start
             val = self.validate(epoch + 1)
-            self.rec.log_metrics({**negs.stats(), "time/epoch_s": time.perf_counter() - start, "time/train_s": train_time,
-                                  "time/negative_refresh_s": refresh}, step=epoch + 1)
+            self.rec.log_metrics(
+                {
+                    **negs.stats(),
+                    "time/epoch_s": time.perf_counter() - start,
+                    "time/train_s": train_time,
+                    "time/negative_refresh_s": refresh,
+                },
+                step=epoch + 1,
+            )
             self.rec.flush()
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, val)
         return self._test() if self.test else self.result
 
     def _test(self) -> TrainResult:
-        res = evaluate_model(self.model, self.data.test, self.data.pad_id, self.cfg.eval, self.device, TASKS, self.cfg.train.precision)
+        res = evaluate_model(
+            self.model, self.data.test, self.data.pad_id, self.cfg.eval, self.device, TASKS, self.cfg.train.precision
+        )
         self.result.test_metrics = {f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}
         self.result.per_query = res.per_query
         self.rec.log_metrics(self.result.test_metrics, step=self.cfg.train.epochs)
@@ -221,13 +273,25 @@ def run_tags(cfg: ExperimentConfig, data: RunData) -> dict[str, str]:
     """Tags every training run carries."""
     from ablation.tracking.store import git_commit
 
-    return {"arm": cfg.model.sharing, "seed": str(cfg.seed), "git_commit": git_commit(), "corpus_digest": data.digest,
-            "model": cfg.model.name}
+    return {
+        "arm": cfg.model.sharing,
+        "seed": str(cfg.seed),
+        "git_commit": git_commit(),
+        "corpus_digest": data.digest,
+        "model": cfg.model.name,
+    }
 
 
-def train_and_track(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: str | None = None,
-                    data: RunData | None = None, parent: str | None = None, tags: dict[str, str] | None = None,
-                    on_epoch: EpochCallback | None = None, run_name: str | None = None) -> TrainResult:
+def train_and_track(
+    cfg: ExperimentConfig,
+    corpus: str | None = None,
+    tracking_uri: str | None = None,
+    data: RunData | None = None,
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
+    on_epoch: EpochCallback | None = None,
+    run_name: str | None = None,
+) -> TrainResult:
     """Train one arm under one seed as an MLflow run (data is loaded first: bad input leaves no run)."""
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 

@@ -38,7 +38,9 @@ def test_data_stats_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -> No
         (["evaluate", "--zero-shot", "--max-length", "4"], "max_length: 4 is below the minimum 8"),
     ],
 )
-def test_bad_input_exit_2_one_line(corpus: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exit_2_one_line(
+    corpus: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     if "--corpus" not in args:
         args = [*args, "--corpus", str(corpus)]
     assert main(args) == 2
@@ -47,21 +49,56 @@ def test_bad_input_exit_2_one_line(corpus: Path, args: list[str], message: str, 
 
 
 def test_python_dash_m_and_console_script(corpus: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ablation", "data-stats", "--corpus", str(corpus / "nope")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablation", "data-stats", "--corpus", str(corpus / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: corpus:")
     script = Path(sys.executable).parent / "ablation"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "data-stats" in proc.stdout
 
 
-def test_run_and_report_bad_input_leave_nothing(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_and_report_bad_input_leave_nothing(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = tmp_path / "mlflow.db"
     smoke = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml")
-    assert main(["run", "--config", smoke, "--corpus", str(tmp_path / "missing"), "--tracking-uri", f"sqlite:///{db}",
-                 "--run-dir", str(tmp_path / "run")]) == 2
-    assert main(["run", "--config", smoke, "--corpus", str(corpus), "--set", "study.objective=val/rerank/acc/mean",
-                 "--tracking-uri", f"sqlite:///{db}", "--run-dir", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                smoke,
+                "--corpus",
+                str(tmp_path / "missing"),
+                "--tracking-uri",
+                f"sqlite:///{db}",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                smoke,
+                "--corpus",
+                str(corpus),
+                "--set",
+                "study.objective=val/rerank/acc/mean",
+                "--tracking-uri",
+                f"sqlite:///{db}",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert main(["run", "--config", smoke, "--workers", "0", "--corpus", str(corpus)]) == 2
     assert not db.exists() and not (tmp_path / "run").exists()
     assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"]) == 2

@@ -39,7 +39,10 @@ def test_yaml_overrides_only_what_differs(tmp_path: Path) -> None:
         ("negatives:\n  random_rate: .nan\n", "negatives.random_rate: expected a finite number"),
         ("study:\n  seeds: [1, -2]\n", "study.seeds: -2 is below the minimum 0"),
         ("study:\n  tuning_seed: -1\n", "study.tuning_seed: -1 is below the minimum 0"),
-        ("study:\n  search_space:\n    negatives.random_rate: {low: 0, high: 1, log: true}\n", "log: true needs low > 0"),
+        (
+            "study:\n  search_space:\n    negatives.random_rate: {low: 0, high: 1, log: true}\n",
+            "log: true needs low > 0",
+        ),
         ("study:\n  search_space:\n    train.epochs: {low: 1, high: 3}\n", "does not name a number setting"),
         ("model:\n  freeze_embeddings: 'yes'\n", "model.freeze_embeddings: expected true/false"),
         ("train: [1, 2]\n", "train: expected a mapping"),

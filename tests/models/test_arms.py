@@ -49,7 +49,9 @@ def test_frozen_candidate_side_is_bit_identical_after_a_step() -> None:
     assert all(torch.equal(cand[k], v) for k, v in m.cand_tower.state_dict().items())
     assert all(torch.equal(cand_head[k], v) for k, v in m.cand_head.state_dict().items())
     assert any(not torch.equal(query[k], v) for k, v in m.query_tower.state_dict().items())
-    assert _count(m, trainable=True) == _count(m.query_tower, True) + _count(m.query_head, True) + _count(m.classifier, True)
+    assert _count(m, trainable=True) == _count(m.query_tower, True) + _count(m.query_head, True) + _count(
+        m.classifier, True
+    )
 
 
 def test_partial_sharing_arms() -> None:
@@ -64,8 +66,13 @@ def test_partial_sharing_arms() -> None:
 @pytest.mark.parametrize("arm", sorted(ARMS))
 def test_every_arm_starts_from_the_same_weights(arm: str) -> None:
     reference, model = _model("shared", seed=3), _model(arm, seed=3)
-    for side, ref in (("query_tower", "query_tower"), ("cand_tower", "query_tower"), ("query_head", "query_head"),
-                      ("cand_head", "query_head"), ("classifier", "classifier")):
+    for side, ref in (
+        ("query_tower", "query_tower"),
+        ("cand_tower", "query_tower"),
+        ("query_head", "query_head"),
+        ("cand_head", "query_head"),
+        ("classifier", "classifier"),
+    ):
         expected = getattr(reference, ref).state_dict()
         for name, value in getattr(model, side).state_dict().items():
             assert torch.equal(value, expected[name]), (side, name)
@@ -94,6 +101,7 @@ def test_pca_projection_keeps_distances_within_its_rank_and_is_deterministic() -
     x = torch.randn(40, 3, generator=g) @ basis + 5.0  # rank 3 around an offset
     w, b = pca_projection(x, 4)
     y = x @ w.T + b
+
     def dist(v: torch.Tensor) -> torch.Tensor:
         return (v[:, None] - v[None]).norm(dim=-1)
 

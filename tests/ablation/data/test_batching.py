@@ -25,7 +25,7 @@ def test_bucketed_batches_cover_everything_once_and_are_seeded() -> None:
     shuffled = np.mean([np.ptp(lengths[x]) for x in np.array_split(np.random.default_rng(2).permutation(103), 13)])
     assert spread < shuffled  # bucketing groups texts of similar length
     c = bucketed_batches(lengths, 8, 3, np.random.default_rng(9))
-    assert any(not np.array_equal(x, y) for x, y in zip(a, c))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_encode_returns_outputs_in_input_order() -> None:

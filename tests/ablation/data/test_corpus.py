@@ -24,7 +24,7 @@ def test_pairs_are_aligned_and_orphans_counted(corpus: Path) -> None:
     split = read_split(corpus, "test")
     assert split.n == 2 * 2 * 2 * 3 + 2 * 3  # and the cross-listed debate again under the other theme
     assert split.dropped_points == 3 and split.dropped_counters == 0  # its orphan point is listed twice too
-    for q, c in zip(split.queries["id"], split.counters["id"]):
+    for q, c in zip(split.queries["id"], split.counters["id"], strict=True):
         assert q[:-1] == c[:-1] and q.endswith("a") and c.endswith("b")
     assert split.candidate_ids[: split.n] == list(split.counters["id"])
     assert split.candidate_ids[split.n :] == list(split.queries["id"])
@@ -34,7 +34,7 @@ def test_subset_by_themes_and_debates(corpus: Path) -> None:
     split = read_split(corpus, "training", themes=["health"], max_debates_per_theme=1)
     assert set(split.queries["theme"]) == {"health"}
     assert split.queries["debate"].nunique() == 1
-    with pytest.raises(UserError, match="no such theme.*sport"):
+    with pytest.raises(UserError, match=r"no such theme.*sport"):
         read_split(corpus, "training", themes=["sport"])
 
 

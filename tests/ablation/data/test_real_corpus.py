@@ -25,7 +25,16 @@ def test_split_sizes_match_the_paper(real_corpus: Path, split: str) -> None:
 
 
 # Mean candidates per query of the official pools (Wachsmuth et al. 2018, test split), as published
-PUBLISHED = {"sdoc": 3.89, "sdc": 7.65, "sdoa": 7.65, "sda": 14.30, "stc": 136.5, "sta": 272.1, "epc": 1400.8, "epa": 2800.8}
+PUBLISHED = {
+    "sdoc": 3.89,
+    "sdc": 7.65,
+    "sdoa": 7.65,
+    "sda": 14.30,
+    "stc": 136.5,
+    "sta": 272.1,
+    "epc": 1400.8,
+    "epa": 2800.8,
+}
 
 
 def test_test_split_pools_have_the_published_sizes(real_corpus: Path) -> None:
@@ -68,15 +77,16 @@ def test_mining_on_the_real_training_split_never_picks_a_copy(real_corpus: Path)
 def test_contiguous_pools_equal_the_masks_on_the_real_split(real_corpus: Path) -> None:
     import numpy as np
 
-    from ablation.data.tasks import TASKS
-    from ablation.data.tasks import TaskMasks, TaskPools
+    from ablation.data.tasks import TASKS, TaskMasks, TaskPools
 
     s = read_split(real_corpus, "test")
     masks, pools = TaskMasks(s), TaskPools(s)
     cols = np.arange(2 * s.n)[None, :]
     for task in TASKS:
         c_lo, c_hi, p_lo, p_hi, exclude_self = pools.ranges(task)
-        from_pools = ((cols >= c_lo[:, None]) & (cols < c_hi[:, None])) | ((cols >= p_lo[:, None]) & (cols < p_hi[:, None]))
+        from_pools = ((cols >= c_lo[:, None]) & (cols < c_hi[:, None])) | (
+            (cols >= p_lo[:, None]) & (cols < p_hi[:, None])
+        )
         if exclude_self:
             from_pools[np.arange(s.n), s.n + np.arange(s.n)] = False
         from_pools[pools.excluded] = False

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.data.tasks import TASKS
 from ablation.data.corpus import read_split
-from ablation.data.tasks import TaskMasks, TaskPools, task_pools, task_stats
+from ablation.data.tasks import TASKS, TaskMasks, TaskPools, task_pools, task_stats
 
 
 def _expected_pool(split, i: int, task: str) -> set[int]:
@@ -74,12 +73,15 @@ def test_pools_refuse_an_unsorted_split(corpus: Path) -> None:
     split = read_split(corpus, "test")
     theme = int((split.queries["theme"] == split.queries["theme"][0]).sum())
     order = np.r_[np.arange(1, theme), 0, np.arange(theme, split.n)]  # first pair to its theme's end: its debate splits
-    moved = dataclasses.replace(split, queries=split.queries.iloc[order].reset_index(drop=True),
-                                counters=split.counters.iloc[order].reset_index(drop=True))
+    moved = dataclasses.replace(
+        split,
+        queries=split.queries.iloc[order].reset_index(drop=True),
+        counters=split.counters.iloc[order].reset_index(drop=True),
+    )
     with pytest.raises(ValueError, match="debate groups are not contiguous"):
         TaskPools(moved)
     with pytest.raises(ValueError, match="theme groups are not contiguous"):
-        TaskPools(dataclasses.replace(moved, queries=moved.queries.iloc[np.r_[1:split.n, 0]].reset_index(drop=True)))
+        TaskPools(dataclasses.replace(moved, queries=moved.queries.iloc[np.r_[1 : split.n, 0]].reset_index(drop=True)))
     assert TaskPools(split).bounds["debate"][0][0] == 0
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.data.tasks import TASKS
-from ablation.data.corpus import Split, read_split
+from ablation.data.corpus import read_split
+from ablation.data.tasks import TASKS, TaskMasks
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
-from ablation.data.tasks import TaskMasks
 from tests.conftest import assert_matches_reference
 
 
@@ -101,7 +100,7 @@ def test_rerank_counts_a_duplicate_of_the_true_candidate_against_it(corpus: Path
         s[query, query], s[query, twin] = 10.0, twin_score
         rows = evaluate_scores(split, s, scorer=twin_scorer, rerank_k=5).per_query
         rows = rows[(rows["mode"] == "rerank") & (rows["query_id"] == split.queries["id"][query])]
-        return dict(zip(rows["task"], rows["rank"].astype(int)))
+        return dict(zip(rows["task"], rows["rank"].astype(int), strict=True))
 
     # same probability and same retrieval score: wherever the twin is in the pool, the tie counts against
     # the true candidate (top-k alone orders such ties arbitrarily: it gave 1 on some tasks, 2 on others)

@@ -15,11 +15,26 @@ from ablation.evaluation.zeroshot import ZeroShot
 from tests.conftest import QUICK
 
 
-
 def test_cli_zero_shot_writes_per_query_csv(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "out" / "per_query.csv"
-    code = main(["evaluate", "--corpus", str(corpus), "--split", "test", "--model", "tiny-random", "--zero-shot",
-                 "--max-length", "32", "--format", "json", "--per-query-csv", str(csv)])
+    code = main(
+        [
+            "evaluate",
+            "--corpus",
+            str(corpus),
+            "--split",
+            "test",
+            "--model",
+            "tiny-random",
+            "--zero-shot",
+            "--max-length",
+            "32",
+            "--format",
+            "json",
+            "--per-query-csv",
+            str(csv),
+        ]
+    )
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert set(metrics) >= {"retrieval/acc_at_1/sdoc", "retrieval/recall_at_10/epa", "retrieval/mrr/mean"}
@@ -27,7 +42,9 @@ def test_cli_zero_shot_writes_per_query_csv(corpus: Path, tmp_path: Path, capsys
     assert list(rows.columns) == ["query_id", "task", "mode", "rank", "top1_id", "unseen", "self_copy"]
     assert len(rows) == 30 * 8 and rows["rank"].min() >= 1
     assert rows.groupby("task")["unseen"].sum().eq(24).all()
-    assert metrics["unseen/retrieval/acc_at_1/epa"] == pytest.approx((rows[rows["unseen"] & (rows["task"] == "epa")]["rank"] == 1).mean())
+    assert metrics["unseen/retrieval/acc_at_1/epa"] == pytest.approx(
+        (rows[rows["unseen"] & (rows["task"] == "epa")]["rank"] == 1).mean()
+    )
 
 
 @pytest.mark.slow

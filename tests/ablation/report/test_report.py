@@ -18,7 +18,6 @@ from ablation.study.runner import run_study
 from tests.conftest import SMOKE, make_corpus
 
 
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("study")
@@ -48,8 +47,13 @@ def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
         for task in TASKS:
             for mode in ("rerank", "retrieval"):
                 values = pd.Series([r.data.metrics[f"test/{mode}/acc_at_1/{task}"] for r in runs])
-                row = test[(test["arm"] == arm) & (test["mode"] == mode) & (test["metric"] == "acc_at_1") & (test["task"] == task)
-                           & (test["slice"] == "all")]
+                row = test[
+                    (test["arm"] == arm)
+                    & (test["mode"] == mode)
+                    & (test["metric"] == "acc_at_1")
+                    & (test["task"] == task)
+                    & (test["slice"] == "all")
+                ]
                 assert row["mean"].item() == pytest.approx(values.mean())
                 assert row["std"].item() == pytest.approx(values.std(ddof=1))
     comp = table[table["kind"] == "comparison"]
@@ -59,7 +63,12 @@ def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
     # the mean over tasks, paired by seed: exactly the difference of the arms' mean acc@1 over seeds and tasks
     for mode in ("retrieval", "rerank"):
         row = comp[(comp["slice"] == "all") & (comp["mode"] == mode) & (comp["task"] == "mean")]
-        means = test[(test["slice"] == "all") & (test["mode"] == mode) & (test["metric"] == "acc_at_1") & (test["task"] == "mean")]
+        means = test[
+            (test["slice"] == "all")
+            & (test["mode"] == mode)
+            & (test["metric"] == "acc_at_1")
+            & (test["task"] == "mean")
+        ]
         expected = means[means["arm"] == "unshared"]["mean"].item() - means[means["arm"] == "shared"]["mean"].item()
         assert row["diff"].item() == pytest.approx(expected, abs=1e-12)
         assert row["n_seeds"].item() == 2
@@ -69,12 +78,19 @@ def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
     unseen = test[(test["slice"] == "unseen") & (test["mode"] == "retrieval") & (test["metric"] == "acc_at_1")]
     assert set(unseen["arm"]) == {"shared", "unshared"} and len(unseen) == 2 * (len(TASKS) + 1)
     html = paths.html.read_text()
-    assert "<img" in html and not re.search(r"<img[^>]+src='(?!data:image/png;base64,)", html)
+    assert "<img" in html and not re.search(r"<img[^>]+src=[\"'](?!data:image/png;base64,)", html)
     md = paths.markdown.read_text()
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (paths.markdown.parent / name).is_file()
-    for heading in ("Parameter counts", "Test results", "Paired comparison", "Training against the untrained encoder",
-                    "Convergence", "Gradients", "Tuning"):
+    for heading in (
+        "Parameter counts",
+        "Test results",
+        "Paired comparison",
+        "Training against the untrained encoder",
+        "Convergence",
+        "Gradients",
+        "Tuning",
+    ):
         assert f"## {heading}" in md
     verdict = md.split("## Verdict", 1)[1].split("##", 1)[0]
     assert md.index("## Verdict") < md.index("## Study") and "cannot be decided" in verdict and "2 seed(s)" in verdict
@@ -86,7 +102,8 @@ def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
     client = MlflowClient(uri)
     study_run = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'study'")[0]
     assert {"report/report.html", "report/report.md", "report/summary.csv"} <= {
-        a.path for a in client.list_artifacts(study_run.info.run_id, "report")}
+        a.path for a in client.list_artifacts(study_run.info.run_id, "report")
+    }
 
 
 @pytest.mark.slow

@@ -26,12 +26,16 @@ def _rejections(n: int, **kw: float) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     results = [compare(*_study(rng, **kw)) for _ in range(n)]  # type: ignore[arg-type]
     delta = kw["delta"]
-    return float(np.mean([c.p_value < 0.05 for c in results])), float(np.mean([c.low <= delta <= c.high for c in results]))
+    return float(np.mean([c.p_value < 0.05 for c in results])), float(
+        np.mean([c.low <= delta <= c.high for c in results])
+    )
 
 
 @pytest.mark.parametrize("seed_sd", [0.0, 0.013, 0.022])  # seed standard deviations of 0 to 2.2 points
 @pytest.mark.parametrize(("queries", "seeds"), [(1401, 3), (96, 3), (783, 5)])
-def test_equal_arms_are_called_different_at_most_7_percent_of_the_time(queries: int, seeds: int, seed_sd: float) -> None:
+def test_equal_arms_are_called_different_at_most_7_percent_of_the_time(
+    queries: int, seeds: int, seed_sd: float
+) -> None:
     false_positive, coverage = _rejections(800, queries=queries, seeds=seeds, seed_sd=seed_sd, delta=0.0)
     assert false_positive <= 0.07
     assert coverage >= 0.93

@@ -20,7 +20,6 @@ from ablation.study.runner import run_study
 from tests.conftest import FIXTURE, REPO, SMOKE
 
 
-
 def _runs(uri: str, study: str = "smoke") -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study)
@@ -45,7 +44,9 @@ def _check_totals(uri: str, n_trials: int, seeds: int, arms: tuple[str, ...] = (
         assert all(r.data.tags["arm"] == arm for r in trials + finals)
         assert all("negatives.random_rate" in r.data.params for r in trials)
         assert all("test/rerank/acc_at_1/epa" in r.data.metrics for r in finals)
-        assert {"optuna_history.png", "objective_vs_random_rate.png"} <= {a.path for a in MlflowClient(uri).list_artifacts(arm_run.info.run_id)}
+        assert {"optuna_history.png", "objective_vs_random_rate.png"} <= {
+            a.path for a in MlflowClient(uri).list_artifacts(arm_run.info.run_id)
+        }
     assert len(by_id) == 1 + len(arms) * (1 + n_trials + seeds)
 
 
@@ -67,8 +68,22 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "run"
     sets = [*FIXTURE, "study.n_trials=3", "train.epochs=4", "model.tiny.num_hidden_layers=4"]
-    cmd = [sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus),
-           "--tracking-uri", uri, "--run-dir", str(run_dir), "--no-report", *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablation",
+        "run",
+        "--config",
+        str(SMOKE),
+        "--corpus",
+        str(corpus),
+        "--tracking-uri",
+        uri,
+        "--run-dir",
+        str(run_dir),
+        "--no-report",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = run_dir / "optuna.journal"
     deadline = time.time() + 900  # a wait for the first trial, not a speed check: a busy machine may be slow
@@ -111,8 +126,15 @@ def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path, tmp_path: Path) -> None:
-    cfg = load_config(SMOKE, [*FIXTURE, "study.search_space={train.lr: {low: 1.0e+29, high: 1.0e+30}}",
-                              "train.optimizer=sgd", "study.seeds=[1]"])
+    cfg = load_config(
+        SMOKE,
+        [
+            *FIXTURE,
+            "study.search_space={train.lr: {low: 1.0e+29, high: 1.0e+30}}",
+            "train.optimizer=sgd",
+            "study.seeds=[1]",
+        ],
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))

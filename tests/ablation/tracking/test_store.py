@@ -34,11 +34,30 @@ def test_run_records_every_metric_family(corpus: Path, tmp_path: Path) -> None:
     for tag in ("arm", "seed", "git_commit", "corpus_digest", "device", "checksum.query_encoder"):
         assert tag in run.data.tags, tag
     keys = set(run.data.metrics)
-    families = ["params/unique", "params/trainable", "params/query_side", "params/candidate_side", "loss/total",
-                "loss/triplet", "loss/ce_pos", "loss/ce_neg", "lr", "grad_norm/total", "grad_norm/query_encoder",
-                "grad_norm/candidate_head", "grad_norm/classifier", "grad_cosine/query_vs_candidate",
-                "encoder_distance", "val/rerank/acc_at_1/mean", "val/retrieval/recall_at_5/sdc", "neg/fraction_random",
-                "neg/mean_distance", "time/epoch_s", "test/rerank/acc_at_1/epa", "test/retrieval/mrr/stc"]
+    families = [
+        "params/unique",
+        "params/trainable",
+        "params/query_side",
+        "params/candidate_side",
+        "loss/total",
+        "loss/triplet",
+        "loss/ce_pos",
+        "loss/ce_neg",
+        "lr",
+        "grad_norm/total",
+        "grad_norm/query_encoder",
+        "grad_norm/candidate_head",
+        "grad_norm/classifier",
+        "grad_cosine/query_vs_candidate",
+        "encoder_distance",
+        "val/rerank/acc_at_1/mean",
+        "val/retrieval/recall_at_5/sdc",
+        "neg/fraction_random",
+        "neg/mean_distance",
+        "time/epoch_s",
+        "test/rerank/acc_at_1/epa",
+        "test/retrieval/mrr/stc",
+    ]
     assert not [f for f in families if f not in keys]
     steps = client.get_metric_history(result.run_id, "loss/total")
     assert len(steps) == len(result.losses) and [m.step for m in steps] == list(range(len(result.losses)))
@@ -49,13 +68,19 @@ def test_run_records_every_metric_family(corpus: Path, tmp_path: Path) -> None:
 
 def test_bad_input_leaves_no_run_and_a_crash_leaves_a_failed_one(corpus: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["train", "--config", str(SMOKE),
-                 "--corpus", str(tmp_path / "missing"), "--tracking-uri", uri])
+    code = main(["train", "--config", str(SMOKE), "--corpus", str(tmp_path / "missing"), "--tracking-uri", uri])
     assert code == 2
     tracker = Tracker(uri)
     assert tracker.client.get_experiment_by_name("smoke") is None
-    with pytest.raises(RuntimeError, match="boom"):
-        with tracker.run("smoke", "crash", {"arm": "shared"}):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), tracker.run("smoke", "crash", {"arm": "shared"}):
+        raise RuntimeError("boom")
     runs = tracker.client.search_runs([tracker.experiment_id("smoke")])
     assert [r.info.status for r in runs] == ["FAILED"] and "boom" in runs[0].data.tags["failure"]
+
+
+def test_default_store_lies_in_the_repository_root(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import REPO
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri() == f"sqlite:///{REPO / 'mlflow.db'}"
+    assert (REPO / "pyproject.toml").is_file()

@@ -67,7 +67,7 @@ def test_distance_is_zero_for_shared_and_grows_when_towers_differ() -> None:
     with torch.no_grad():
         next(unshared.cand_tower.parameters()).add_(1.0)
     assert encoder_distance(unshared) > 0.0
-    out, loss = _loss(shared)
+    _, loss = _loss(shared)
     loss.backward()
     norms = grad_norms(shared)
     assert set(norms) == {"grad_norm/encoder", "grad_norm/head", "grad_norm/classifier", "grad_norm/total"}

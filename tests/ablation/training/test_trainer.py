@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ablation.config import ExperimentConfig, load_config, replace_path
+from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData, load_run_data
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import NonFiniteLoss, Trainer
 from tests.conftest import smoke_config
-
 
 
 @pytest.fixture()
@@ -32,7 +31,11 @@ def test_arms_under_one_seed_share_start_batches_negatives_and_first_loss(data: 
     cfg = smoke_config()
     shared, rec_s = _fit(replace_path(cfg, "model.sharing", "shared"), data)
     unshared, rec_u = _fit(replace_path(cfg, "model.sharing", "unshared"), data)
-    assert rec_s.tags["checksum.encoder"] == rec_u.tags["checksum.query_encoder"] == rec_u.tags["checksum.candidate_encoder"]
+    assert (
+        rec_s.tags["checksum.encoder"]
+        == rec_u.tags["checksum.query_encoder"]
+        == rec_u.tags["checksum.candidate_encoder"]
+    )
     assert rec_s.tags["checksum.head"] == rec_u.tags["checksum.query_head"] == rec_u.tags["checksum.candidate_head"]
     assert rec_s.tags["checksum.classifier"] == rec_u.tags["checksum.classifier"]
     for a, b in zip(shared.epoch_batches, unshared.epoch_batches, strict=True):
@@ -70,9 +73,19 @@ def test_reuse_of_training_embeddings_changes_only_the_refresh(data: RunData, mo
 def test_per_step_and_per_epoch_records(data: RunData) -> None:
     trainer, rec = _fit(smoke_config(**{"model.sharing": "unshared", "train.grad_cosine_every": 1}), data)
     steps = len(trainer.result.losses)
-    for key in ("loss/total", "loss/triplet", "loss/ce_pos", "loss/ce_neg", "lr", "grad_norm/total",
-                "grad_norm/query_encoder", "grad_norm/candidate_encoder", "grad_norm/classifier",
-                "grad_cosine/query_vs_candidate", "encoder_distance"):
+    for key in (
+        "loss/total",
+        "loss/triplet",
+        "loss/ce_pos",
+        "loss/ce_neg",
+        "lr",
+        "grad_norm/total",
+        "grad_norm/query_encoder",
+        "grad_norm/candidate_encoder",
+        "grad_norm/classifier",
+        "grad_cosine/query_vs_candidate",
+        "encoder_distance",
+    ):
         assert len(rec.history(key)) == steps, key
     distances = [v for _, v in rec.history("encoder_distance")]
     assert distances[0] == 0.0 and distances[-1] > 0.0  # identical at the start, then the towers drift apart
