@@ -129,7 +129,7 @@ class SearchParam(_Section):
 class StudyConfig(_Section):
     """The ablation study: arms, tuning budget, seeds and objective."""
 
-    name: str = "study"
+    name: Annotated[str, Field(min_length=1, pattern=r"^[^'\"]*('[^\"]*|\"[^']*)?$")] = "study"
     arms: tuple[str, ...] = ("shared", "unshared")
     n_trials: Annotated[StrictInt, Field(ge=0)] = 4
     seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1)
@@ -207,6 +207,8 @@ _MESSAGES = {
     "tuple_type": "expected a list, got {kind}",
     "string_type": "expected a string, got {input!r}",
     "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "{input!r} holds both kinds of quote (MLflow cannot search for it)",
 }
 
 

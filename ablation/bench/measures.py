@@ -292,10 +292,8 @@ def p4_padding(cfg: ExperimentConfig, data: RunData, split: Split, lengths: tupl
 
 def p5_studies(corpus: str | None) -> dict:
     """Wall time of the smoke study (run here) and of the last quick study `make ablation` recorded."""
-    from mlflow.tracking import MlflowClient
-
     from ablation.study.runner import run_study
-    from ablation.tracking.store import resolve_tracking_uri
+    from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -308,12 +306,9 @@ def p5_studies(corpus: str | None) -> dict:
         )
         smoke = time.perf_counter() - t
     quick = None
-    client = MlflowClient(resolve_tracking_uri())
-    exp = client.get_experiment_by_name("quick")
-    if exp is not None:
-        runs = client.search_runs([exp.experiment_id], "tags.role = 'study' and attributes.status = 'FINISHED'")
-        if runs and runs[0].info.end_time:
-            quick = (runs[0].info.end_time - runs[0].info.start_time) / 1000
+    runs = Tracker(resolve_tracking_uri()).search("quick", {"role": "study"}, status="FINISHED")
+    if runs and runs[0].info.end_time:
+        quick = (runs[0].info.end_time - runs[0].info.start_time) / 1000
     return {
         "id": "P5",
         "smoke_s": smoke,

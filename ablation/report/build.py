@@ -421,7 +421,7 @@ def build_report(
     )
     write_text_atomic(to_markdown(title, sections), paths.markdown)
     write_text_atomic(to_html(title, sections, images), paths.html)
-    client = Tracker(uri).client
+    tracker = Tracker(uri)
     for p in (paths.html, paths.markdown, paths.summary):
-        client.log_artifact(runs.study_run.info.run_id, str(p), "report")
+        tracker.log_artifact(runs.study_run.info.run_id, p, "report")
     return paths

@@ -49,7 +49,7 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
             for arm in cfg.study.arms
         }
     for key, value in {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}.items():
-        tracker.client.set_tag(study_run, key, value)  # as of this (re)start
+        tracker.set_tags(study_run, {key: value})  # as of this (re)start
     return StudyContext(cfg, data, tracker, experiment, folder, study_run, arm_runs)
 
 
@@ -71,10 +71,10 @@ def _worker_main(
 
 def _finish(ctx: StudyContext) -> list[str]:
     """Tuning figures on the arm runs, study params on the study run, and a summary of the results."""
-    client = ctx.tracker.client
+    tracker = ctx.tracker
     cfg = ctx.cfg
     lines = []
-    client.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
+    tracker.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
     for i, arm in enumerate(cfg.study.arms):
         study = optuna_study(ctx, arm)
         figures = tuning_figures(
@@ -85,19 +85,19 @@ def _finish(ctx: StudyContext) -> list[str]:
             cfg.study.direction == "maximize",
         )
         for name, fig in figures.items():
-            client.log_figure(ctx.arm_runs[arm], fig, name)
+            tracker.log_figure(ctx.arm_runs[arm], fig, name)
             plt.close(fig)
         _, best = best_config(ctx, arm)
         for key, value in best.items():
-            client.set_tag(ctx.arm_runs[arm], f"best.{key}", f"{value:.6g}")
-        client.set_terminated(ctx.arm_runs[arm], "FINISHED")
+            tracker.set_tags(ctx.arm_runs[arm], {f"best.{key}": f"{value:.6g}"})
+        tracker.terminate(ctx.arm_runs[arm], "FINISHED")
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in best.items()) or "defaults (no complete trial)"
         lines.append(
             f"  {arm}: best {shown}; trials {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
             f"{states.count('FAIL')} failed"
         )
-    client.set_terminated(ctx.study_run, "FINISHED")
+    tracker.terminate(ctx.study_run, "FINISHED")
     return lines
 
 

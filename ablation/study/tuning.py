@@ -100,16 +100,14 @@ def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not alive(t.user_attrs.get("host"), t.user_attrs.get("pid")):
             study.tell(t.number, state=TrialState.FAIL)
-    exp_id = ctx.tracker.experiment_id(ctx.experiment)
-    flt = f"tags.study = '{ctx.cfg.study.name}' and tags.arm = '{arm}' and attributes.status != 'FINISHED'"
-    for run in ctx.tracker.client.search_runs([exp_id], filter_string=flt):
+    for run in ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name, "arm": arm}, exclude_status="FINISHED"):
         tags = run.data.tags
         if (
             tags.get("role") in ("trial", "final")
             and run.info.status in ("RUNNING", "KILLED")
             and not alive(tags.get("host"), tags.get("pid"))
         ):
-            ctx.tracker.client.delete_run(run.info.run_id)
+            ctx.tracker.delete_run(run.info.run_id)
 
 
 def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -213,16 +211,8 @@ def best_config(ctx: StudyContext, arm: str) -> tuple[ExperimentConfig, dict[str
 
 
 def _finished(ctx: StudyContext, role: str, **tags: str) -> bool:
-    exp_id = ctx.tracker.experiment_id(ctx.experiment)
-    flt = " and ".join(
-        [
-            f"tags.study = '{ctx.cfg.study.name}'",
-            f"tags.role = '{role}'",
-            "attributes.status = 'FINISHED'",
-            *(f"tags.{k} = '{v}'" for k, v in tags.items()),
-        ]
-    )
-    return bool(ctx.tracker.client.search_runs([exp_id], filter_string=flt, max_results=1))
+    wanted = {"study": ctx.cfg.study.name, "role": role, **tags}
+    return bool(ctx.tracker.search(ctx.experiment, wanted, status="FINISHED", limit=1))
 
 
 def final_runs(ctx: StudyContext, arm: str) -> None:

@@ -1,4 +1,4 @@
-"""Everything that talks to MLflow (no other module imports mlflow, except the report's reader).
+"""Everything that talks to MLflow: no other module imports mlflow.
 
 Runs are created with `MlflowClient` (no global active-run state), nested via the `mlflow.parentRunId`
 tag, and always ended: FINISHED, FAILED (with a `failure` tag) or KILLED. Metrics are buffered and
@@ -12,11 +12,11 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -56,6 +56,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def quote(value: str) -> str:
+    """A filter-string literal of `value`: single quotes, or double quotes where it holds a single quote
+    (MLflow's parser reads no escapes; a value with both kinds cannot be searched)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both kinds of quote; MLflow cannot search for it")
+
+
 class Tracker:
     """One MLflow store: experiments by name, runs created and searched."""
 
@@ -78,13 +88,77 @@ class Tracker:
 
     def find_or_create_run(self, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
         """The oldest active run carrying `tags`, else a new RUNNING one (study and arm runs outlive resumes)."""
-        exp_id = self.experiment_id(experiment)
-        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"])
+        runs = self.search(experiment, tags)
         if runs:
             return runs[0].info.run_id
         all_tags = {**tags, **({PARENT_TAG: parent} if parent else {})}
-        return self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+        return self.client.create_run(self.experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
+
+    def search(
+        self,
+        experiment: str | None,
+        tags: Mapping[str, str],
+        status: str | None = None,
+        exclude_status: str | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Active runs carrying every tag in `tags` (values quoted), oldest first, in `experiment` (None:
+        every experiment); with `status`, only runs in it, with `exclude_status`, none in it."""
+        if experiment is None:
+            exp_ids = [e.experiment_id for e in self.client.search_experiments()]
+        else:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_ids = [exp.experiment_id] if exp is not None else []
+        if not exp_ids:
+            return []
+        clauses = [f"tags.{key} = {quote(str(value))}" for key, value in tags.items()]
+        clauses += [f"attributes.status = {quote(status)}"] if status else []
+        clauses += [f"attributes.status != {quote(exclude_status)}"] if exclude_status else []
+        runs: list[Run] = []
+        token = None
+        while limit is None or len(runs) < limit:
+            page = self.client.search_runs(
+                exp_ids,
+                " and ".join(clauses),
+                max_results=min(limit or 1000, 1000),
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs[:limit] if limit else runs
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), folder)
+
+    def terminate(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """An artifact's text, or None where the run has none at `path`."""
+        try:
+            return Path(self.client.download_artifacts(run_id, path)).read_text()
+        except (MlflowException, OSError):
+            return None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of one metric."""
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
     @contextlib.contextmanager
     def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator[RunRecorder]:

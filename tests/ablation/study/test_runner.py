@@ -26,8 +26,10 @@ def _runs(uri: str, study: str = "smoke") -> list:
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
-def _check_totals(uri: str, n_trials: int, seeds: int, arms: tuple[str, ...] = ("shared", "unshared")) -> None:
-    runs = _runs(uri)
+def _check_totals(
+    uri: str, n_trials: int, seeds: int, arms: tuple[str, ...] = ("shared", "unshared"), study: str = "smoke"
+) -> None:
+    runs = _runs(uri, study)
     by_id = {r.info.run_id: r for r in runs}
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs), [r.info.status for r in runs]
     roles = [r.data.tags["role"] for r in runs]
@@ -146,3 +148,16 @@ def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path
     assert trial_runs and all(r.info.status == "FAILED" and "loss became" in r.data.tags["failure"] for r in trial_runs)
     finals = [r for r in runs if r.data.tags["role"] == "final"]
     assert len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)  # defaults, since no trial completed
+
+
+@pytest.mark.slow
+def test_a_study_name_with_a_quote_runs_resumes_and_reports(corpus: Path, tmp_path: Path) -> None:
+    from ablation.report.build import build_report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(SMOKE, [*FIXTURE, "study.name=it's smoke", "study.n_trials=1", "study.seeds=[1]"])
+    for _ in range(2):  # the rerun must find every run by its quoted tags, and add none
+        run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    _check_totals(uri, 1, 1, study="it's smoke")
+    paths = build_report("it's smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
+    assert "Ablation report: it&#39;s smoke" in paths.html.read_text()  # autoescaped

@@ -84,3 +84,19 @@ def test_default_store_lies_in_the_repository_root(monkeypatch) -> None:  # type
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri() == f"sqlite:///{REPO / 'mlflow.db'}"
     assert (REPO / "pyproject.toml").is_file()
+
+
+def test_searches_quote_tag_values(tmp_path: Path) -> None:
+    from ablation.tracking.store import quote
+
+    assert quote("plain") == "'plain'" and quote("it's") == '"it\'s"' and quote('say "hi"') == "'say \"hi\"'"
+    with pytest.raises(ValueError, match="both kinds of quote"):
+        quote('it\'s "both"')
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for study in ("it's", 'say "hi"', "back\\slash", "it"):
+        tracker.find_or_create_run("exp", study, {"study": study, "role": "study"})
+    for study in ("it's", 'say "hi"', "back\\slash", "it"):
+        found = tracker.search("exp", {"study": study})
+        assert [r.data.tags["study"] for r in found] == [study]
+    assert tracker.search("no such experiment", {"study": "it"}) == []
+    assert len(tracker.search(None, {"role": "study"})) == 4
