@@ -66,11 +66,12 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ablation.config import EvalConfig, ModelConfig
+    from ablation.config import ModelConfig
     from ablation.data.corpus import read_split, resolve_corpus
-    from ablation.data.slices import query_slices, training_texts
+    from ablation.data.run_data import tokenized_split
+    from ablation.data.slices import training_texts
     from ablation.evaluation.ranking import metrics_table
-    from ablation.evaluation.zeroshot import zero_shot
+    from ablation.evaluation.zeroshot import ZeroShot
     from ablation.io import write_csv_atomic
     from ablation.runtime import resolve_device
 
@@ -79,8 +80,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve_corpus(args.corpus)
     split = read_split(path, args.split)
     model_cfg = ModelConfig(name=args.model, max_length=args.max_length, pooling="mean")
-    slices = query_slices(split, training_texts(path) if args.split != "training" else None)
-    result = zero_shot(split, model_cfg, EvalConfig(batch_size=args.batch_size), resolve_device(args.device), slices)
+    model = ZeroShot(model_cfg, args.batch_size, resolve_device(args.device))
+    seen = training_texts(path) if args.split != "training" else None
+    result = model.evaluate(tokenized_split(split, model.tokenizer, args.max_length, seen))
     if args.per_query_csv:
         write_csv_atomic(result.per_query, args.per_query_csv)
     if args.format == "json":
@@ -96,7 +98,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ablation.config import load_config
-    from ablation.training.trainer import train_and_track
+    from ablation.study.tracked_run import train_and_track
 
     overrides = list(args.set or [])
     if args.arm:
@@ -142,7 +144,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ablation.bench.measures import run_bench
+    from ablation.bench.run import run_bench
 
     run_bench(corpus=args.corpus, out=args.out, quick=args.quick)
     return 0

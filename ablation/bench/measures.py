@@ -1,34 +1,28 @@
-"""`make bench`: speed and memory of the harness, each ratio measured side by side in one process.
-
-P1 harness step vs bare loop · P2 vectorised evaluation vs per-pair loops · P3 negative refresh share of
-an epoch · P4 length-bucketed vs fixed padding · P5 study wall times · P6 peak memory per arm; plus the
-neighbour index choice. Ratios are medians over repeats after a warm-up. Writes reports/bench/bench.json.
-"""
+"""The measures of `make bench`, each a ratio taken side by side in one process (medians over repeats after
+a warm-up), through the harness's public interfaces. `table.GOALS` says what each measure's id stands for."""
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ablation.bench.table import readable_table
-from ablation.config import TASKS, ExperimentConfig, load_config, replace_path
+from ablation.bench.per_pair import per_pair_accuracy
+from ablation.config import ExperimentConfig, load_config, replace_path
 from ablation.data.batching import bucketed_batches, pad_batch
-from ablation.data.corpus import Split, read_split, resolve_corpus
+from ablation.data.corpus import Split
 from ablation.data.run_data import RunData, load_run_data
-from ablation.data.tasks import TaskMasks
+from ablation.data.tasks import TASKS
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
-from ablation.io import REPO_ROOT, write_text_atomic
-from ablation.runtime import describe_device
+from ablation.io import REPO_ROOT
 from ablation.training.negatives import mine
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import Trainer, build_model
@@ -48,14 +42,14 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
-def p1_step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
-    """Harness `_step` (recording + MLflow logging) vs a bare forward/backward/step on the same batches."""
+def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
+    """P1: `Trainer.train_step` (recording to MLflow) vs a bare forward/backward/step on the same batches."""
     from ablation.tracking.store import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-        trainer = Trainer(cfg, data, MemoryRecorder())
-        q, c = trainer._train_vectors()
+        trainer = Trainer(cfg, data)
+        q, c = trainer.encode_training_split()
         negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0), trainer.forbidden).index
         batches: list[np.ndarray] = []
         rng = np.random.default_rng(0)
@@ -85,12 +79,11 @@ def p1_step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
 
         harness_t, bare_t = [], []
         with tracker.run("bench", "p1", {"role": "bench"}) as rec:
-            trainer.rec = rec
-            trainer._step(batches[0], negs, None)  # warm-up both
+            trainer.train_step(batches[0], negs, rec)  # warm-up both
             bare(batches[0])
             for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
                 t = time.perf_counter()
-                trainer._step(idx, negs, None)
+                trainer.train_step(idx, negs, rec)
                 harness_t.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 bare(idx)
@@ -113,40 +106,7 @@ def p1_step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
     }
 
 
-def _old_evaluate(
-    split, q: dict, c: dict, classifier: torch.nn.Module, k: int, tasks: tuple[str, ...] = TASKS
-) -> dict[str, float]:
-    """The old scripts' way: per task, per query, distances in a loop and one classifier call per pair."""
-    masks = TaskMasks(split)
-    out = {}
-    for task in tasks:
-        mask = masks.mask(task)
-        hits_retrieval = hits_rerank = 0
-        for i in range(split.n):
-            pool = np.flatnonzero(mask[i])
-            dist = np.linalg.norm(c["proj"][pool] - q["proj"][i], axis=1)
-            true_d = dist[pool == i][0]
-            rank = int((dist <= true_d).sum())
-            hits_retrieval += rank == 1
-            order = pool[np.argsort(dist, kind="stable")][:k]
-            probs = []
-            for j in order:
-                with torch.no_grad():
-                    logits = classifier(
-                        torch.as_tensor(q["proj"][i : i + 1]),
-                        torch.as_tensor(q["pool"][i : i + 1]),
-                        torch.as_tensor(c["proj"][j : j + 1]),
-                        torch.as_tensor(c["pool"][j : j + 1]),
-                    )
-                probs.append(float(torch.softmax(logits, -1)[0, 1]))
-            best = order[int(np.argmax(probs))]
-            hits_rerank += best == i
-        out[f"retrieval/acc_at_1/{task}"] = hits_retrieval / split.n
-        out[f"rerank/acc_at_1/{task}"] = hits_rerank / split.n
-    return out
-
-
-def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: int) -> dict:
+def evaluation_speedup(cfg: ExperimentConfig, data: RunData, split: Split, repeats: int) -> dict:
     """All 8 tasks on a split: vectorised vs per-pair loops, same embeddings and top-K. In each of `repeats`
     rounds the per-pair evaluation (seconds) runs task by task, each task after a warm-up and three timed
     vectorised runs of all 8 tasks (milliseconds); the speed-up is the median over rounds of per-pair time /
@@ -155,6 +115,7 @@ def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: i
 
     rng = np.random.default_rng(0)
     model = build_model(replace_path(cfg, "model.sharing", "shared"), data, torch.device("cpu"))
+    torch.nn.init.normal_(model.classifier.linear.weight, std=0.1)  # it starts at zero: every pair would tie
     hidden, proj = model.query_head.in_features, model.query_head.out_features
     q = {
         "pool": rng.normal(size=(split.n, hidden)).astype(np.float32),
@@ -186,7 +147,7 @@ def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: i
                 new()
                 round_new.append(time.perf_counter() - t)
             t = time.perf_counter()
-            old_m.update(_old_evaluate(split, q, c, model.classifier, k, (task,)))
+            old_m.update(per_pair_accuracy(split, q, c, model.classifier, k, (task,)))
             round_old += time.perf_counter() - t
         ratios.append(round_old / statistics.median(round_new))
         new_times += round_new
@@ -209,16 +170,17 @@ def p2_evaluation(cfg: ExperimentConfig, data: RunData, split: Split, repeats: i
     }
 
 
-def p3_refresh(cfg: ExperimentConfig, data: RunData) -> dict:
-    """Negative refresh by re-encoding the training set vs reusing training-pass vectors, against epoch time."""
-    trainer = Trainer(replace_path(cfg, "train.epochs", 1), data, MemoryRecorder(), test=False)
+def refresh_share(cfg: ExperimentConfig, data: RunData) -> dict:
+    """P3: negative refresh by re-encoding the training set vs reusing training-pass vectors, against epoch time."""
+    trainer = Trainer(replace_path(cfg, "train.epochs", 1), data, run_test=False)
     rng = np.random.default_rng(0)
-    reencode = _median_time(lambda: mine(*trainer._train_vectors(), 0.5, rng, trainer.forbidden), repeats=2, warmup=0)
-    q, c = trainer._train_vectors()
+    reencode = _median_time(
+        lambda: mine(*trainer.encode_training_split(), 0.5, rng, trainer.forbidden), repeats=2, warmup=0
+    )
+    q, c = trainer.encode_training_split()
     reuse = _median_time(lambda: mine(q, c, 0.5, rng, trainer.forbidden), repeats=5)
     rec = MemoryRecorder()
-    trainer.rec = rec
-    trainer.fit()
+    trainer.fit(rec)
     train_s = rec.history("time/train_s")[0][1]
     epoch_reuse = train_s + reuse
     epoch_reencode = train_s + reencode
@@ -257,8 +219,10 @@ def neighbour_index(data: RunData | None = None, n: int = 4065, dim: int = 128) 
     }
 
 
-def p4_padding(cfg: ExperimentConfig, data: RunData, split: Split, lengths: tuple[int, ...], n_texts: int) -> dict:
-    """Tokens/s of encoding real corpus texts: length-sorted per-batch padding vs fixed max-length padding."""
+def padding_throughput(
+    cfg: ExperimentConfig, data: RunData, split: Split, lengths: tuple[int, ...], n_texts: int
+) -> dict:
+    """P4: tokens/s of encoding real texts: length-sorted per-batch padding vs fixed max-length padding."""
     from ablation import encoders
     from ablation.data.batching import tokenize
     from models.pooling import Tower
@@ -290,8 +254,8 @@ def p4_padding(cfg: ExperimentConfig, data: RunData, split: Split, lengths: tupl
     return out
 
 
-def p5_studies(corpus: str | None) -> dict:
-    """Wall time of the smoke study (run here) and of the last quick study `make ablation` recorded."""
+def study_wall_times(corpus: str | None) -> dict:
+    """P5: wall time of the smoke study (run here) and of the last quick study `make ablation` recorded."""
     from ablation.study.runner import run_study
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 
@@ -318,53 +282,25 @@ def p5_studies(corpus: str | None) -> dict:
     }
 
 
-def p6_memory(corpus: str | None) -> dict:
-    """Peak resident memory (VmHWM; ru_maxrss would inherit the parent's) of one quick run (1 epoch) per arm."""
-    code = (
-        "import sys,torch;from ablation.config import load_config;from ablation.data.run_data import load_run_data;"
-        "from ablation.training.trainer import Trainer;from ablation.training.recorder import MemoryRecorder;"
-        "cfg=load_config(sys.argv[1],['model.sharing='+sys.argv[2],'train.epochs=1']);"
-        "Trainer(cfg,load_run_data(cfg,sys.argv[3] or None),MemoryRecorder()).fit();"
-        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
-    )
-    out = {"id": "P6"}
+def _peak_rss_of_a_quick_run(arm: str, corpus: str | None, result: Connection) -> None:
+    """In a fresh process: train one quick epoch of `arm`, send back the peak resident memory (VmHWM)."""
+    cfg = load_config(QUICK, [f"model.sharing={arm}", "train.epochs=1"])
+    Trainer(cfg, load_run_data(cfg, corpus)).fit(MemoryRecorder())
+    with open("/proc/self/status") as status:
+        result.send(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")))
+
+
+def peak_memory(corpus: str | None) -> dict:
+    """P6: peak resident memory of one quick run (1 epoch) per arm, each in its own process (a child's
+    ru_maxrss would include what it inherited)."""
+    out: dict = {"id": "P6"}
+    spawn = multiprocessing.get_context("spawn")
     for arm in ("shared", "unshared"):
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(QUICK), arm, corpus or ""],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            check=True,
-        )
-        out[f"{arm}_peak_rss_mib"] = int(proc.stdout.strip().splitlines()[-1]) / 1024
+        receive, send = spawn.Pipe(duplex=False)
+        proc = spawn.Process(target=_peak_rss_of_a_quick_run, args=(arm, corpus, send))
+        proc.start()
+        kib = receive.recv()
+        proc.join()
+        out[f"{arm}_peak_rss_mib"] = kib / 1024
     out["ratio_unshared_over_shared"] = out["unshared_peak_rss_mib"] / out["shared_peak_rss_mib"]
     return out
-
-
-def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = False) -> dict:
-    """Run every measure and write bench.json plus a readable table."""
-    cfg = load_config(QUICK)
-    data = load_run_data(cfg, corpus)
-    full_test = read_split(resolve_corpus(corpus, cfg.data.corpus), "test")
-    results = {"device": describe_device(torch.device("cpu")), "torch_threads": torch.get_num_threads(), "results": []}
-    measures: list[Callable[[], dict]] = [
-        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "shared"), data, 6 if quick else 24),
-        lambda: p1_step_overhead(replace_path(cfg, "model.sharing", "unshared"), data, 6 if quick else 24),
-        lambda: p2_evaluation(cfg, data, full_test, 1 if quick else 5),
-        lambda: p3_refresh(cfg, data),
-        lambda: neighbour_index(),
-        lambda: p4_padding(cfg, data, full_test, (128, 256) if quick else (128, 256, 512), 96 if quick else 192),
-    ]
-    if not quick:
-        measures += [lambda: p5_studies(corpus), lambda: p6_memory(corpus)]
-    for measure in measures:
-        r = measure()
-        results["results"].append(r)
-        print(json.dumps(r), flush=True)
-    path = Path(out) if out else REPO_ROOT / "reports" / "bench" / "bench.json"
-    write_text_atomic(json.dumps(results, indent=2), path)
-    table = readable_table(results["results"])
-    write_text_atomic(table + "\n", path.with_suffix(".md"))
-    print(table)
-    print(f"bench written: {path} and {path.with_suffix('.md')}")
-    return results

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import json
 
+GOALS: dict[str, str] = {
+    "P1": "a harness training step (recording, diagnostics, MLflow) costs at most 5 % more than a bare loop",
+    "P2": "the vectorised evaluation of all 8 tasks is at least 100x faster than the old per-pair loops",
+    "P3": "refreshing negatives from training-pass vectors takes at most 5 % of an epoch",
+    "P4": "length-bucketed padding encodes at least 1.3x the tokens/s of padding to max_length",
+    "P5": "the smoke study takes at most 90 s, the quick study at most 15 min",
+    "P6": "peak memory of one quick run per arm (reported, no goal)",
+    "index": "the faster neighbour index for mining at the full training split's size",
+}
+
 
 def _row(r: dict) -> tuple[str, str, str, str]:
     """(id, what was measured, result, goal met?) of one measure."""

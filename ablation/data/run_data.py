@@ -55,9 +55,10 @@ def _head(split: Split, limit: int | None) -> Split:
     )
 
 
-def _tokenized(
+def tokenized_split(
     split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int, seen: frozenset[str] | None = None
 ) -> TokenizedSplit:
+    """A split tokenised once; with the training texts `seen`, its query slices too."""
     q = tokenize(tokenizer, list(split.queries["text"]), max_length)
     c = tokenize(tokenizer, list(split.counters["text"]), max_length)
     return TokenizedSplit(split, q, c + q, query_slices(split, seen) if seen is not None else {})
@@ -76,9 +77,9 @@ def load_run_data(cfg: ExperimentConfig, corpus: str | None = None) -> RunData:
     digest = "-".join(s.digest[:12] for s in (train, val, test))
     return RunData(
         tokenizer,
-        _tokenized(train, tokenizer, L),
-        _tokenized(val, tokenizer, L, seen),
-        _tokenized(test, tokenizer, L, seen),
+        tokenized_split(train, tokenizer, L),
+        tokenized_split(val, tokenizer, L, seen),
+        tokenized_split(test, tokenizer, L, seen),
         str(path),
         digest,
     )

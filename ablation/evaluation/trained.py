@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ablation.config import EvalConfig
 from ablation.data.run_data import TokenizedSplit
 from ablation.evaluation.encoding import encode
-from ablation.evaluation.ranking import EvalResult, PairScorer, evaluate_scores, score_matrix
+from ablation.evaluation.evaluator import Evaluator
+from ablation.evaluation.ranking import PairScorer, score_matrix
 from ablation.runtime import autocast
 from models.biencoder import BiEncoder
 
@@ -67,17 +67,18 @@ def pair_scorer(
     return score
 
 
-def evaluate_model(
-    model: BiEncoder,
-    data: TokenizedSplit,
-    pad_id: int,
-    cfg: EvalConfig,
-    device: torch.device,
-    tasks: tuple[str, ...],
-    precision: str = "fp32",
-) -> EvalResult:
-    """Retrieval and reranked metrics of `model` on every task in `tasks`."""
-    q, c = encode_sides(model, data, pad_id, cfg.batch_size, device, precision)
-    scores = score_matrix(q["proj"], c["proj"], "l2")
-    scorer = pair_scorer(model, q, c, device)
-    return evaluate_scores(data.split, scores, tasks, cfg.ks, scorer=scorer, rerank_k=cfg.rerank_k, slices=data.slices)
+class TrainedEvaluator(Evaluator):
+    """The bi-encoder as it is now: L2 retrieval on the projected vectors, the pair classifier to rerank."""
+
+    def __init__(self, model: BiEncoder, pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32"):
+        self.model, self.pad_id, self.batch_size, self.device, self.precision = (
+            model,
+            pad_id,
+            batch_size,
+            device,
+            precision,
+        )
+
+    def score(self, data: TokenizedSplit) -> tuple[np.ndarray, PairScorer]:
+        q, c = encode_sides(self.model, data, self.pad_id, self.batch_size, self.device, self.precision)
+        return score_matrix(q["proj"], c["proj"], "l2"), pair_scorer(self.model, q, c, self.device)

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData
 from ablation.errors import UserError
+from ablation.study.tracked_run import run_tags
 from ablation.study.workers import alive, claim, locked, owner, release
 from ablation.tracking.store import Tracker
-from ablation.training.recorder import MemoryRecorder
-from ablation.training.trainer import NonFiniteLoss, Trainer, run_tags
+from ablation.training.trainer import NonFiniteLoss, Trainer
 
 COUNTED = "counted"  # user attr: a failed trial that used budget (non-finite loss), not a crashed worker
 
@@ -134,13 +134,12 @@ def _train(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    trainer = Trainer(cfg, ctx.data, MemoryRecorder(), on_epoch, test=trial is None)
+    trainer = Trainer(cfg, ctx.data, on_epoch, run_test=trial is None)
     all_tags = {**run_tags(cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, **tags}
     pruned = False
     with ctx.tracker.run(ctx.experiment, name, all_tags, parent) as rec:
-        trainer.rec = rec
         try:
-            trainer.fit()
+            trainer.fit(rec)
             rec.set_tags({"state": "complete"})
         except optuna.TrialPruned:  # a normal outcome: the run ends FINISHED, tagged pruned
             rec.set_tags({"state": "pruned"})
@@ -251,10 +250,11 @@ def zero_shot_run(ctx: StudyContext) -> None:
             "arm": "zero-shot",
             "device": describe_device(device),
         }
+        model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
         with ctx.tracker.run(ctx.experiment, "zero-shot", tags, ctx.study_run) as rec:
-            model = ZeroShot(ctx.cfg.model, ctx.cfg.eval, device)
-            val = model.evaluate(ctx.data.val.split, ctx.data.val.slices, ctx.cfg.eval.val_tasks)
-            res = model.evaluate(ctx.data.test.split, ctx.data.test.slices)
+            ks = ctx.cfg.eval.ks
+            val = model.evaluate(ctx.data.val, ctx.cfg.eval.val_tasks, ks)
+            res = model.evaluate(ctx.data.test, ks=ks)
             rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
             rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
             rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")

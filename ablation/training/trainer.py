@@ -8,6 +8,7 @@ same weights and sees the same batches, negatives and dropout masks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -21,13 +22,13 @@ from tqdm.auto import tqdm
 from ablation import encoders
 from ablation.config import ExperimentConfig, dump_yaml, flatten
 from ablation.data.batching import bucketed_batches, pad_batch
-from ablation.data.run_data import RunData, load_run_data
+from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
-from ablation.evaluation.trained import encode_sides, evaluate_model
+from ablation.evaluation.trained import TrainedEvaluator, encode_sides
 from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
 from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.training.negatives import Forbidden, mine, random_rates
-from ablation.training.recorder import MemoryRecorder, Recorder
+from ablation.training.recorder import Recorder
 from models.biencoder import BiEncoder
 from models.heads import pca_projection
 from models.loss import TripletPairLoss
@@ -77,21 +78,29 @@ def build_model(cfg: ExperimentConfig, data: RunData, device: torch.device) -> B
     return model
 
 
+def _digest(arrays: list[np.ndarray]) -> str:
+    """sha256 (first 16 hex digits) of a list of index arrays, in order."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.asarray(a, dtype=np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
 class Trainer:
-    """Holds one run's state; `fit()` trains, validates each epoch, and evaluates on test."""
+    """One run of one arm. `fit(recorder)` validates before any step, trains, validates after each epoch
+    and (with `run_test`) evaluates on the test split; `encode_training_split` and `train_step` are its
+    parts, public for benchmarks and custom loops."""
 
     def __init__(
         self,
         cfg: ExperimentConfig,
         data: RunData,
-        recorder: Recorder,
         on_epoch: EpochCallback | None = None,
-        test: bool = True,
+        run_test: bool = True,
     ) -> None:
         self.cfg = cfg
-        self.test = test  # tuning trials skip the test split: they are chosen on validation only
+        self.run_test = run_test  # tuning trials skip the test split: they are chosen on validation only
         self.data = data
-        self.rec = recorder
         self.on_epoch = on_epoch
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.seed)
@@ -104,29 +113,23 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
         self.forbidden = Forbidden.from_codes(data.train.split.text_codes)
+        self.evaluator = TrainedEvaluator(
+            self.model, data.pad_id, cfg.eval.batch_size, self.device, cfg.train.precision
+        )
         self.step = 0
         self.result = TrainResult()
-        self.epoch_batches: list[list[np.ndarray]] = []  # what the run saw, for inspection and tests
-        self.epoch_negatives: list[np.ndarray] = []
 
-    def _record_setup(self) -> None:
+    def _record_setup(self, recorder: Recorder) -> None:
         cfg, data = self.cfg, self.data
         self.result.counts = param_counts(self.model)
         self.result.sums = checksums(self.model)
-        self.rec.log_params(
-            {
-                **flatten(cfg),
-                "data.train_queries": data.train.split.n,
-                "data.val_queries": data.val.split.n,
-                "data.test_queries": data.test.split.n,
-                "data.corpus_path": data.corpus,
-            }
-        )
-        self.rec.set_tags({**self.result.sums, "device": describe_device(self.device)})
-        self.rec.log_metrics(dict(self.result.counts), step=0)
-        self.rec.log_text(dump_yaml(cfg), "config.yaml")
+        sizes = {f"data.{name}_queries": getattr(data, name).split.n for name in ("train", "val", "test")}
+        recorder.log_params({**flatten(cfg), **sizes, "data.corpus_path": data.corpus})
+        recorder.set_tags({**self.result.sums, "device": describe_device(self.device)})
+        recorder.log_metrics(dict(self.result.counts), step=0)
+        recorder.log_text(dump_yaml(cfg), "config.yaml")
 
-    def _train_vectors(self, init_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def encode_training_split(self, init_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Projected vectors of training queries (query side) and candidates (candidate side), no dropout;
         with `init_heads` (before the first step), the heads are first set from the pooled vectors."""
         q, c = encode_sides(
@@ -138,19 +141,25 @@ class Trainer:
             self.cfg.train.precision,
         )
         if init_heads:
-            self.model.init_heads(
-                *(t.to(self.device) for t in pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim))
-            )
-            with (
-                torch.no_grad()
-            ):  # every arm's towers are identical before the first step, so one fit serves both sides
+            weight, bias = pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim)
+            self.model.init_heads(weight.to(self.device), bias.to(self.device))
+            # every arm's towers are identical before the first step, so one fit serves both sides
+            with torch.no_grad():
                 q["proj"], c["proj"] = (
                     head(torch.from_numpy(v["pool"]).to(self.device)).float().cpu().numpy()
                     for head, v in ((self.model.query_head, q), (self.model.cand_head, c))
                 )
         return q["proj"], c["proj"]
 
-    def _step(self, idx: np.ndarray, negatives: np.ndarray, cache: tuple[np.ndarray, np.ndarray] | None) -> float:
+    def train_step(
+        self,
+        idx: np.ndarray,
+        negatives: np.ndarray,
+        recorder: Recorder,
+        vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> float:
+        """One optimisation step on the training queries `idx`, their counters and `negatives[idx]`; with
+        `vectors`, the step's projected vectors (dropout on) replace those rows for the next mining."""
         cfg, tr = self.cfg, self.data.train
         pad, dev = self.data.pad_id, self.device
         batches = [
@@ -181,127 +190,79 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if cache is not None:  # training-pass vectors (dropout on) stand in for a re-encoding pass
-            cache[0][idx] = out.query_proj.detach().float().cpu().numpy()
-            cache[1][idx] = out.pos_proj.detach().float().cpu().numpy()
-            cache[1][negatives[idx]] = out.neg_proj.detach().float().cpu().numpy()
-        self.rec.log_metrics(metrics, self.step)
+        if vectors is not None:
+            vectors[0][idx] = out.query_proj.detach().float().cpu().numpy()
+            vectors[1][idx] = out.pos_proj.detach().float().cpu().numpy()
+            vectors[1][negatives[idx]] = out.neg_proj.detach().float().cpu().numpy()
+        recorder.log_metrics(metrics, self.step)
         self.result.losses.append(value)
         self.step += 1
         return value
 
-    def validate(self, epoch: int) -> dict[str, float]:
-        res = evaluate_model(
-            self.model,
-            self.data.val,
-            self.data.pad_id,
-            self.cfg.eval,
-            self.device,
-            self.cfg.eval.val_tasks,
-            self.cfg.train.precision,
-        )
+    def validate(self, epoch: int, recorder: Recorder) -> dict[str, float]:
+        """Validation metrics after `epoch` epochs (0: before any step), recorded at that step."""
+        ev = self.cfg.eval
+        res = self.evaluator.evaluate(self.data.val, ev.val_tasks, ev.ks, ev.rerank_k)
         metrics = {f"val/{k}": v for k, v in res.metrics.items()}
-        self.rec.log_metrics(metrics, step=epoch)
+        recorder.log_metrics(metrics, step=epoch)
         self.result.val_history.append(metrics)
         return metrics
 
-    def fit(self) -> TrainResult:
+    def fit(self, recorder: Recorder) -> TrainResult:
         """Validate the model before any step (epoch 0), train all epochs, validating after each (epoch
-        e = e epochs done), then evaluate on the test split (all 8 tasks)."""
+        e = e epochs done), then evaluate on the test split (all 8 tasks). Each epoch's batches and
+        negatives are recorded as digests (tags `digest.*`): arms under one seed must show the same."""
         cfg, tr = self.cfg, self.data.train
         reuse = cfg.negatives.reuse_train_embeddings
         self.model.train()
-        vectors = self._train_vectors(init_heads=cfg.model.head_init == "pca")  # before the checksums are recorded
-        self._record_setup()
-        self.validate(0)
+        vectors = self.encode_training_split(init_heads=cfg.model.head_init == "pca")  # before the checksums
+        self._record_setup(recorder)
+        self.validate(0, recorder)
         lengths = [len(t) for t in tr.query_tokens]
         total_steps = None
-        for epoch in range(cfg.train.epochs):
+        for epoch in range(1, cfg.train.epochs + 1):
             start = time.perf_counter()
             batches = bucketed_batches(lengths, cfg.train.batch_size, cfg.train.bucket_size, self.batch_rng)
             total_steps = total_steps or len(batches) * cfg.train.epochs  # the same count every epoch
             refresh = time.perf_counter()
-            if epoch and not reuse:
-                vectors = self._train_vectors()
+            if epoch > 1 and not reuse:
+                vectors = self.encode_training_split()
             step_of = np.empty(tr.split.n, dtype=np.int64)  # the step at which each query's batch runs
             for b, idx in enumerate(batches):
                 step_of[idx] = self.step + b
             rates = random_rates(step_of, total_steps, cfg.negatives.random_rate, cfg.negatives.random_rate_final)
             negs = mine(vectors[0], vectors[1], rates, self.neg_rng, self.forbidden, cfg.negatives.index)
             refresh = time.perf_counter() - refresh
-            self.epoch_batches.append(batches)
-            self.epoch_negatives.append(negs.index)
-            bar = tqdm(
-                batches,
-                desc=f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch + 1}/{cfg.train.epochs}",
-                unit="step",
-                leave=False,
-                disable=None,
+            recorder.set_tags(
+                {
+                    f"digest.batches.epoch{epoch}": _digest(batches),
+                    f"digest.negatives.epoch{epoch}": _digest([negs.index]),
+                }
             )
+            desc = f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch}/{cfg.train.epochs}"
+            bar = tqdm(batches, desc=desc, unit="step", leave=False, disable=None)
             for idx in bar:  # with reuse, the steps update `vectors` in place (mining is done with them)
-                loss = self._step(idx, negs.index, vectors if reuse else None)
+                loss = self.train_step(idx, negs.index, recorder, vectors if reuse else None)
                 bar.set_postfix(loss=f"{loss:.3f}")
             train_time = time.perf_counter() - start
-            val = self.validate(epoch + 1)
-            self.rec.log_metrics(
-                {
-                    **negs.stats(),
-                    "time/epoch_s": time.perf_counter() - start,
-                    "time/train_s": train_time,
-                    "time/negative_refresh_s": refresh,
-                },
-                step=epoch + 1,
-            )
-            self.rec.flush()
+            val = self.validate(epoch, recorder)
+            times = {
+                "time/epoch_s": time.perf_counter() - start,
+                "time/train_s": train_time,
+                "time/negative_refresh_s": refresh,
+            }
+            recorder.log_metrics({**negs.stats(), **times}, step=epoch)
+            recorder.flush()
             if self.on_epoch is not None:
-                self.on_epoch(epoch + 1, val)
-        return self._test() if self.test else self.result
+                self.on_epoch(epoch, val)
+        return self._evaluate_test(recorder) if self.run_test else self.result
 
-    def _test(self) -> TrainResult:
-        res = evaluate_model(
-            self.model, self.data.test, self.data.pad_id, self.cfg.eval, self.device, TASKS, self.cfg.train.precision
-        )
+    def _evaluate_test(self, recorder: Recorder) -> TrainResult:
+        ev = self.cfg.eval
+        res = self.evaluator.evaluate(self.data.test, TASKS, ev.ks, ev.rerank_k)
         self.result.test_metrics = {f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}
         self.result.per_query = res.per_query
-        self.rec.log_metrics(self.result.test_metrics, step=self.cfg.train.epochs)
-        self.rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
-        self.rec.flush()
+        recorder.log_metrics(self.result.test_metrics, step=self.cfg.train.epochs)
+        recorder.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
+        recorder.flush()
         return self.result
-
-
-def run_tags(cfg: ExperimentConfig, data: RunData) -> dict[str, str]:
-    """Tags every training run carries."""
-    from ablation.tracking.store import git_commit
-
-    return {
-        "arm": cfg.model.sharing,
-        "seed": str(cfg.seed),
-        "git_commit": git_commit(),
-        "corpus_digest": data.digest,
-        "model": cfg.model.name,
-    }
-
-
-def train_and_track(
-    cfg: ExperimentConfig,
-    corpus: str | None = None,
-    tracking_uri: str | None = None,
-    data: RunData | None = None,
-    parent: str | None = None,
-    tags: dict[str, str] | None = None,
-    on_epoch: EpochCallback | None = None,
-    run_name: str | None = None,
-) -> TrainResult:
-    """Train one arm under one seed as an MLflow run (data is loaded first: bad input leaves no run)."""
-    from ablation.tracking.store import Tracker, resolve_tracking_uri
-
-    data = data or load_run_data(cfg, corpus)
-    tracker = Tracker(resolve_tracking_uri(tracking_uri, cfg.tracking.uri))
-    experiment = cfg.tracking.experiment or cfg.study.name
-    name = run_name or f"{cfg.model.sharing}-seed{cfg.seed}"
-    trainer = Trainer(cfg, data, MemoryRecorder(), on_epoch)  # build before the run: model errors leave no run
-    with tracker.run(experiment, name, {**run_tags(cfg, data), **(tags or {})}, parent) as rec:
-        trainer.rec = rec
-        result = trainer.fit()
-        result.run_id = rec.run_id
-    return result

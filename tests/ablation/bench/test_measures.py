@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.bench.measures import neighbour_index, p1_step_overhead, p2_evaluation
-from ablation.bench.table import readable_table
+from ablation.bench.measures import evaluation_speedup, neighbour_index, step_overhead
+from ablation.bench.table import GOALS, readable_table
 from ablation.data.run_data import load_run_data
 from tests.conftest import smoke_config
 
@@ -13,7 +13,7 @@ from tests.conftest import smoke_config
 def test_old_per_pair_evaluator_gives_the_same_accuracy(corpus: Path) -> None:
     cfg = smoke_config()
     data = load_run_data(cfg, str(corpus))
-    result = p2_evaluation(cfg, data, data.test.split, repeats=2)
+    result = evaluation_speedup(cfg, data, data.test.split, repeats=2)
     assert result["same_acc_at_1"] is True
     assert result["speedup"] > 1.0 and len(result["round_speedups"]) == 2
     table = readable_table([result, neighbour_index(n=100, dim=8)])
@@ -30,6 +30,16 @@ def test_step_overhead_runs_as_many_steps_as_asked_across_epochs(corpus: Path) -
     cfg = smoke_config()
     data = load_run_data(cfg, str(corpus))
     per_epoch = -(-data.train.split.n // cfg.train.batch_size)
-    result = p1_step_overhead(cfg, data, steps=per_epoch + 2)
+    result = step_overhead(cfg, data, steps=per_epoch + 2)
     assert result["steps"] == per_epoch + 2
     assert result["harness_step_s"] > 0 and result["bare_step_s"] > 0 and result["ratio"] > 0
+
+
+def test_every_measure_names_a_defined_goal(corpus: Path) -> None:
+    import inspect
+
+    from ablation.bench import measures
+
+    source = inspect.getsource(measures)
+    ids = {part.split('"')[0] for part in source.split('"id": "')[1:]}
+    assert ids and ids <= set(GOALS), ids - set(GOALS)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from ablation.cli import main
-from ablation.config import EvalConfig, ModelConfig, load_config
+from ablation.config import ModelConfig, load_config
+from ablation.data.batching import tokenize
 from ablation.data.corpus import read_split
+from ablation.data.run_data import tokenized_split
 from ablation.evaluation.zeroshot import ZeroShot
 from tests.conftest import QUICK
 
@@ -51,14 +53,15 @@ def test_cli_zero_shot_writes_per_query_csv(corpus: Path, tmp_path: Path, capsys
 @pytest.mark.real
 def test_minilm_on_real_themes_matches_a_per_query_reference(real_corpus: Path) -> None:
     split = read_split(real_corpus, "test", themes=["sport", "religion"])
-    model = ZeroShot(ModelConfig(name="all-MiniLM-L6-v2", max_length=64), EvalConfig(), "cpu")
-    res = model.evaluate(split)
+    model = ZeroShot(ModelConfig(name="all-MiniLM-L6-v2", max_length=64), 64, "cpu")
+    data = tokenized_split(split, model.tokenizer, 64)
+    res = model.evaluate(data)
     chance_sdc = 1 / 7.7  # mean pool size of sdc on the test split is ~7.7
     assert res.metrics["retrieval/acc_at_1/sdc"] > 2 * chance_sdc
     # the reference, query by query: cosine of normalised mean-pooled vectors over the same-debate counters,
     # less copies of the true counter's text
-    q = model._vectors(list(split.queries["text"]), "points")
-    c = model._vectors(list(split.counters["text"]), "counters")
+    q = model.vectors(tokenize(model.tokenizer, list(split.queries["text"]), 64), "points")
+    c = model.vectors(tokenize(model.tokenizer, list(split.counters["text"]), 64), "counters")
     texts = [" ".join(t.split()) for t in split.counters["text"]]
     meta = split.queries[["theme", "debate"]].to_numpy()
     hits = 0
@@ -80,8 +83,8 @@ def test_trained_model_before_any_step_retrieves_like_the_zero_shot_encoder(real
 
     cfg = load_config(QUICK, ["train.epochs=1"])
     data = load_run_data(cfg, str(real_corpus))
-    zero = ZeroShot(cfg.model, cfg.eval, "cpu").evaluate(data.val.split, data.val.slices).metrics
+    zero = ZeroShot(cfg.model, cfg.eval.batch_size, "cpu").evaluate(data.val).metrics
     rec = MemoryRecorder()
-    Trainer(cfg, data, rec, test=False).fit()
+    Trainer(cfg, data, run_test=False).fit(rec)
     step0 = dict(rec.history("val/retrieval/acc_at_1/mean"))[0]
     assert step0 >= zero["retrieval/acc_at_1/mean"] - 0.01

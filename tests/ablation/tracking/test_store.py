@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.cli import main
+from ablation.study.tracked_run import train_and_track
 from ablation.tracking.store import Tracker, artifact_location, resolve_tracking_uri
-from ablation.training.trainer import train_and_track
 from tests.conftest import SMOKE, smoke_config
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData, load_run_data
+from ablation.training import trainer as trainer_module
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import NonFiniteLoss, Trainer
 from tests.conftest import smoke_config
@@ -22,9 +23,24 @@ def data(corpus: Path) -> RunData:
 
 def _fit(cfg: ExperimentConfig, data: RunData) -> tuple[Trainer, MemoryRecorder]:
     rec = MemoryRecorder()
-    trainer = Trainer(cfg, data, rec)
-    trainer.fit()
+    trainer = Trainer(cfg, data)
+    trainer.fit(rec)
     return trainer, rec
+
+
+@pytest.fixture()
+def mined(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Every epoch's negatives, as the trainer mined them (a spy on `mine`)."""
+    seen: list[np.ndarray] = []
+    real = trainer_module.mine
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        negatives = real(*args, **kwargs)
+        seen.append(negatives.index.copy())
+        return negatives
+
+    monkeypatch.setattr(trainer_module, "mine", spy)
+    return seen
 
 
 def test_arms_under_one_seed_share_start_batches_negatives_and_first_loss(data: RunData) -> None:
@@ -38,9 +54,11 @@ def test_arms_under_one_seed_share_start_batches_negatives_and_first_loss(data: 
     )
     assert rec_s.tags["checksum.head"] == rec_u.tags["checksum.query_head"] == rec_u.tags["checksum.candidate_head"]
     assert rec_s.tags["checksum.classifier"] == rec_u.tags["checksum.classifier"]
-    for a, b in zip(shared.epoch_batches, unshared.epoch_batches, strict=True):
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert np.array_equal(shared.epoch_negatives[0], unshared.epoch_negatives[0])
+    for epoch in (1, 2):
+        assert rec_s.tags[f"digest.batches.epoch{epoch}"] == rec_u.tags[f"digest.batches.epoch{epoch}"]
+    assert rec_s.tags["digest.negatives.epoch1"] == rec_u.tags["digest.negatives.epoch1"]
+    other_seed = _fit(replace_path(cfg, "seed", 2), data)[1]
+    assert other_seed.tags["digest.batches.epoch1"] != rec_s.tags["digest.batches.epoch1"]
     assert shared.result.losses[0] == pytest.approx(unshared.result.losses[0], rel=1e-6)
     assert shared.result.losses[1:] != unshared.result.losses[1:]  # then the arms diverge
 
@@ -55,10 +73,14 @@ def test_same_seed_twice_gives_the_same_curve_and_another_seed_does_not(data: Ru
     assert c.result.losses != a.result.losses
 
 
-def test_reuse_of_training_embeddings_changes_only_the_refresh(data: RunData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reuse_of_training_embeddings_changes_only_the_refresh(
+    data: RunData, monkeypatch: pytest.MonkeyPatch, mined: list[np.ndarray]
+) -> None:
     encodings: list[bool] = []
-    encode = Trainer._train_vectors
-    monkeypatch.setattr(Trainer, "_train_vectors", lambda self, **kw: encodings.append(True) or encode(self, **kw))
+    encode = Trainer.encode_training_split
+    monkeypatch.setattr(
+        Trainer, "encode_training_split", lambda self, **kw: encodings.append(True) or encode(self, **kw)
+    )
     cfg = smoke_config(**{"negatives.random_rate": 0.0, "train.epochs": 3})
     fresh, _ = _fit(cfg, data)
     assert len(encodings) == 3  # one encoding pass of the training split per epoch
@@ -66,8 +88,9 @@ def test_reuse_of_training_embeddings_changes_only_the_refresh(data: RunData, mo
     reused, rec = _fit(replace_path(cfg, "negatives.reuse_train_embeddings", True), data)
     assert len(encodings) == 1  # only before the first step: later epochs mine the training-pass vectors
     assert [v for _, v in rec.history("neg/fraction_random")] == [0.0, 0.0, 0.0]
-    assert np.array_equal(fresh.epoch_negatives[0], reused.epoch_negatives[0])  # same vectors before any step
-    assert fresh.result.losses[: len(fresh.epoch_batches[0])] == reused.result.losses[: len(reused.epoch_batches[0])]
+    assert np.array_equal(mined[0], mined[3])  # the same vectors before any step
+    per_epoch = len(fresh.result.losses) // 3
+    assert fresh.result.losses[:per_epoch] == reused.result.losses[:per_epoch]
 
 
 def test_per_step_and_per_epoch_records(data: RunData) -> None:
@@ -110,12 +133,13 @@ def test_non_finite_loss_stops_the_run(data: RunData) -> None:
 
 
 @pytest.mark.parametrize("arm", ["shared", "unshared"])
-def test_no_negative_is_a_copy_of_the_query_or_its_counter(data: RunData, arm: str) -> None:
-    trainer, rec = _fit(smoke_config(**{"model.sharing": arm, "negatives.random_rate": 0.0}), data)
+def test_no_negative_is_a_copy_of_the_query_or_its_counter(data: RunData, arm: str, mined: list[np.ndarray]) -> None:
+    _, rec = _fit(smoke_config(**{"model.sharing": arm, "negatives.random_rate": 0.0}), data)
     split = data.train.split
     texts = [" ".join(t.split()) for t in split.candidate_texts]
     n = split.n
-    for negs in trainer.epoch_negatives:
+    assert len(mined) == 2
+    for negs in mined:
         assert not any(texts[j] in (texts[i], texts[n + i]) for i, j in enumerate(negs))
     assert [v for _, v in rec.history("neg/dup_negatives_used")] == [0.0, 0.0]
     # before the first step both sides encode a text alike, so a copy of the query's own text sits at
@@ -130,7 +154,7 @@ def test_pca_head_starts_where_the_pooled_vectors_are(data: RunData) -> None:
     from ablation.evaluation.trained import encode_sides
 
     cfg = smoke_config(**{"model.proj_dim": 32, "train.epochs": 1})
-    q, c = encode_sides(Trainer(cfg, data, MemoryRecorder()).model, data.val, data.pad_id, 32, torch.device("cpu"))
+    q, c = encode_sides(Trainer(cfg, data).model, data.val, data.pad_id, 32, torch.device("cpu"))
     pooled = evaluate_scores(data.val.split, score_matrix(q["pool"], c["pool"], "l2")).metrics
     _, rec = _fit(cfg, data)
     for key in ("retrieval/acc_at_1/mean", "retrieval/mrr/epa", "retrieval/acc_at_1/sdoc"):
