@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,36 @@ def corpus(tmp_path: Path) -> Path:
     """A fixture corpus: 3 splits × 2 themes × 2 debates × 2 stances × 3 pairs, one orphan point per theme,
     one debate cross-listed under both themes (30 pairs per split), a repeated pair, seen test pairs."""
     return make_corpus(tmp_path / "corpus")
+
+
+@dataclass(frozen=True)
+class SmokeStudy:
+    """A finished smoke study on the fixture corpus: its store, folders, summary lines and run counts."""
+
+    uri: str
+    root: Path
+    corpus: Path
+    summary: str
+    runs_after_first: int
+    runs_after_rerun: int
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
+    """The smoke study, run once per session for the tests that only read it, then run again (a finished
+    study must do no work and add no runs on a rerun). Tests that change a store copy it first."""
+    from ablation.config import load_config
+    from ablation.study.runner import run_study
+    from ablation.tracking.store import Tracker
+
+    root = tmp_path_factory.mktemp("smoke-study")
+    corpus = make_corpus(root / "corpus")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cfg = load_config(SMOKE, FIXTURE)
+    summary = run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"), report=False)
+    first = len(Tracker(uri).search("smoke", {}))
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"), report=False)
+    return SmokeStudy(uri, root, corpus, summary, first, len(Tracker(uri).search("smoke", {})))
 
 
 @pytest.fixture(scope="session")

@@ -205,11 +205,22 @@ def _rerank(
     return ranks, np.take_along_axis(top, first[..., None], -1)[..., 0]
 
 
+MODES = ("retrieval", "rerank")
+
+
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The metrics computed per task and mode, as they appear in metric keys."""
+    return ["acc_at_1", "mrr", *(f"recall_at_{k}" for k in ks)]
+
+
+def metric_label(name: str) -> str:
+    """How a metric reads in tables: `acc@1`, `MRR`, `recall@10`."""
+    return "MRR" if name == "mrr" else name.replace("_at_", "@")
+
+
 def _metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    out = {"acc_at_1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean())}
-    for k in ks:
-        out[f"recall_at_{k}"] = float((ranks <= k).mean())
-    return out
+    values = [float((ranks == 1).mean()), float((1.0 / ranks).mean()), *(float((ranks <= k).mean()) for k in ks)]
+    return dict(zip(metric_names(ks), values, strict=True))
 
 
 def evaluate_scores(
@@ -245,7 +256,7 @@ def evaluate_scores(
     slices = {name: {t: masks[t] for t in retrieval} for name, masks in (slices or {}).items()}
     metrics: dict[str, float] = {}
     ranks_by: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    for mode, results in (("retrieval", retrieval), ("rerank", reranked)):
+    for mode, results in zip(MODES, (retrieval, reranked), strict=True):
         ranks_by.update({(mode, task): found for task, found in results.items()})
         for prefix, masks in (("", None), *((f"{name}/", m) for name, m in slices.items())):
             per_task = {

@@ -7,20 +7,18 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
 
 from ablation.data.tasks import TASKS
+from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.figures import report_figures
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
 from ablation.report.stats import MIN_SEEDS, Comparison, describe
 from ablation.report.tables import against_zero_shot, comparisons, headline, headline_metrics, param_table, summary
-
-METRIC_NAMES = {"acc_at_1": "acc@1", "recall_at_5": "recall@5", "recall_at_10": "recall@10", "mrr": "MRR"}
 
 
 @dataclass(frozen=True)
@@ -315,7 +313,6 @@ def build_report(
     for name, fig in figures.items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
         images[name] = buf.getvalue()
 
     mode = objective.split("/")[1] if objective.count("/") == 3 else "retrieval"
@@ -367,7 +364,7 @@ def build_report(
         ]
         for mode_, metric, t in tables:
             if t is not None:
-                head.p(f"{mode_} {METRIC_NAMES[metric]}, {sizes.get(slice_, slice_)}:").table(t)
+                head.p(f"{mode_} {metric_label(metric)}, {sizes.get(slice_, slice_)}:").table(t)
         if all(t is None for *_, t in tables) and runs.per_query:
             head.p(f"The {slice_.replace('_', '-')} slice holds no query of this study's test split.")
     sections += [head, _comparison_section(comp, arms), _zero_shot_section(runs, zs, arms)]

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ablation.report.reader import StudyRuns
-from ablation.study.tuning_plots import FINAL, RATE, tuning_figures
-
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-
-
-def arm_colors(arms: list[str]) -> dict[str, str]:
-    """The colour of each arm, fixed by its position in the study's arm list."""
-    return {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
+from ablation.study.tuning_plots import FINAL, RATE, arm_colors, tuning_figures
 
 
 def _seed_curves(runs: StudyRuns, arm: str, key: str) -> pd.DataFrame:
@@ -28,7 +18,7 @@ def _seed_curves(runs: StudyRuns, arm: str, key: str) -> pd.DataFrame:
     return pd.DataFrame(series).sort_index()
 
 
-def _band(ax: plt.Axes, curves: pd.DataFrame, color: str, label: str, smooth: int = 1) -> None:
+def _band(ax: Axes, curves: pd.DataFrame, color: str, label: str, smooth: int = 1) -> None:
     if curves.empty:
         return
     c = curves.rolling(smooth, min_periods=1).mean() if smooth > 1 else curves
@@ -52,7 +42,8 @@ def curve_figure(
     """One metric's history per arm: mean over seeds, band from min to max; `reference` (label, value) is
     drawn as a dashed horizontal line."""
     colors = arm_colors(arms)
-    fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.subplots()
     drawn = False
     for arm in arms:
         curves = _seed_curves(runs, arm, key)
@@ -62,7 +53,6 @@ def curve_figure(
         _band(ax, curves, colors[arm], arm, window)
         drawn = True
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -83,7 +73,8 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
     present = [a for a in arms if any(k[0] == a and k[2].startswith("grad_norm/") for k in runs.histories)]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), constrained_layout=True, squeeze=False)
+    fig = Figure(figsize=(4.2 * len(present), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(present), squeeze=False)
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
     for ax, arm in zip(axes[0], present, strict=True):
         keys = sorted(

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.data.tasks import TASKS
+from ablation.evaluation.ranking import MODES
 from ablation.report.reader import StudyRuns
 from ablation.report.stats import MIN_SEEDS, Comparison, compare, correctness, holm
 
@@ -32,7 +33,6 @@ def headline_metrics(rerank_k: int) -> list[tuple[str, str]]:
 
 
 SLICES = ("all", "unseen", "self_copy")
-MODES = ("retrieval", "rerank")
 COUNT_KEYS = [
     "params/total",
     "params/unique",

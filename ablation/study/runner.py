@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from ablation.config import ExperimentConfig, dump_yaml
@@ -27,11 +26,9 @@ from ablation.study.tuning import (
     tune_arm,
     zero_shot_run,
 )
-from ablation.study.tuning_plots import trials_table, tuning_figures
+from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
 from ablation.study.workers import locked
 from ablation.tracking.store import Tracker, git_commit, package_versions, resolve_tracking_uri
-
-ARM_COLORS = ["C0", "C1", "C2", "C3", "C4", "C5"]
 
 
 def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None) -> StudyContext:
@@ -75,18 +72,13 @@ def _finish(ctx: StudyContext) -> list[str]:
     cfg = ctx.cfg
     lines = []
     tracker.log_text(ctx.study_run, dump_yaml(cfg), "config.yaml")
-    for i, arm in enumerate(cfg.study.arms):
+    colors = arm_colors(list(cfg.study.arms))
+    for arm in cfg.study.arms:
         study = optuna_study(ctx, arm)
-        figures = tuning_figures(
-            trials_table(study),
-            cfg.study.objective,
-            arm,
-            ARM_COLORS[i % len(ARM_COLORS)],
-            cfg.study.direction == "maximize",
-        )
+        maximize = cfg.study.direction == "maximize"
+        figures = tuning_figures(trials_table(study), cfg.study.objective, arm, colors[arm], maximize)
         for name, fig in figures.items():
             tracker.log_figure(ctx.arm_runs[arm], fig, name)
-            plt.close(fig)
         _, best = best_config(ctx, arm)
         for key, value in best.items():
             tracker.set_tags(ctx.arm_runs[arm], {f"best.{key}": f"{value:.6g}"})

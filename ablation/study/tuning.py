@@ -10,6 +10,8 @@ study; a lock around "count the budget, ask a trial" keeps each arm at exactly `
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from optuna.trial import TrialState
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData
 from ablation.errors import UserError
+from ablation.evaluation.ranking import MODES, metric_names
 from ablation.study.tracked_run import run_tags
 from ablation.study.workers import alive, claim, locked, owner, release
 from ablation.tracking.store import Tracker
@@ -54,11 +57,11 @@ class StudyContext:
 def check_objective(cfg: ExperimentConfig) -> None:
     """The objective must name a validation metric the trainer records."""
     parts = cfg.study.objective.split("/")
-    metrics = {"acc_at_1", "mrr", *(f"recall_at_{k}" for k in cfg.eval.ks)}
+    metrics = metric_names(cfg.eval.ks)
     if (
         len(parts) != 4
         or parts[0] != "val"
-        or parts[1] not in ("retrieval", "rerank")
+        or parts[1] not in MODES
         or parts[2] not in metrics
         or parts[3] not in (*cfg.eval.val_tasks, "mean")
     ):
@@ -116,6 +119,20 @@ def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfi
     return cfg
 
 
+KILL_AFTER_TRIALS = "ABLATION_KILL_AFTER_TRIALS"
+"""Fault injection, for tests of resume: with this variable set to N, a process that has finished N trials
+kills itself with SIGKILL after the first epoch of its next trial, leaving a RUNNING trial and MLflow run
+behind exactly as a crash or `kill -9` would."""
+
+
+def _finished_trials_of_this_process(study: optuna.Study) -> int:
+    me = owner()
+    return sum(
+        t.state != TrialState.RUNNING and all(t.user_attrs.get(k) == v for k, v in me.items())
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
 def _train(
     ctx: StudyContext,
     cfg: ExperimentConfig,
@@ -127,9 +144,13 @@ def _train(
     """One tracked training run; with `trial`, each epoch reports to Optuna and may be pruned."""
     objective = ctx.cfg.study.objective
 
+    kill_after = os.environ.get(KILL_AFTER_TRIALS)
+
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
         if trial is None:
             return
+        if kill_after and _finished_trials_of_this_process(trial.study) >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
         trial.report(val[objective], epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")

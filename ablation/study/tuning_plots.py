@@ -1,4 +1,5 @@
 """Figures of a tuning study: optimisation history and objective vs random rate, from a trials table.
+Figures are built without pyplot, so no backend is chosen at import time and none stays open.
 
 The table has one row per trial with columns `number`, `value`, `state` and one column per tuned
 setting; the study builds it from Optuna, the report from MLflow, and both draw the same figures.
@@ -6,17 +7,22 @@ setting; the study builds it from Optuna, the report from MLflow, and both draw 
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+"""One colour per arm, by its position in the study's arm list, in every figure of the study and report."""
+
 RATE = "negatives.random_rate"
 FINAL = "negatives.random_rate_final"
+
+
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """The colour of each arm."""
+    return {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
 
 
 def trials_table(study: object) -> pd.DataFrame:
@@ -27,7 +33,7 @@ def trials_table(study: object) -> pd.DataFrame:
     return df.rename(columns=lambda c: c.removeprefix("params_"))
 
 
-def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> Figure:
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str) -> Figure:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -41,7 +47,8 @@ def history_figure(
     trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True
 ) -> Figure:
     """Objective per trial (complete ones as dots, pruned/failed as crosses at the bottom) and the best so far."""
-    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
     done = trials[trials["state"] == "COMPLETE"].sort_values("number")
     ax.plot(done["number"], done["value"], "o", color=color, label="complete trial")
     if not done.empty:
@@ -57,7 +64,8 @@ def history_figure(
 
 def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0") -> Figure:
     """Objective against the initial random rate; each marker's fill is the final rate of its schedule."""
-    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
     done = trials[trials["state"] == "COMPLETE"]
     if RATE in done and not done.empty:
         final = pd.to_numeric(done[FINAL], errors="coerce") if FINAL in done else done[RATE]

@@ -7,11 +7,12 @@ with -9) is stale and may be taken over. This is what makes interrupted studies 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 HOST = socket.gethostname()
 
@@ -38,12 +39,8 @@ def alive(host: str | None, pid: str | int | None) -> bool:
 def locked(path: Path) -> Iterator[None]:
     """An exclusive inter-process lock held for the `with` block (released if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def claim(folder: Path, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +11,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import load_config
 from ablation.data.tasks import TASKS
 from ablation.report.build import build_report
 from ablation.report.stats import holm
-from ablation.study.runner import run_study
-from tests.conftest import SMOKE, make_corpus
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    root = tmp_path_factory.mktemp("study")
-    corpus = make_corpus(root / "corpus")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = load_config(SMOKE, ["data.themes=[]", "data.max_debates_per_theme=null"])
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"), report=False)
-    return uri, root
+from tests.conftest import SmokeStudy
 
 
 def _finals(uri: str) -> list:
@@ -35,9 +24,9 @@ def _finals(uri: str) -> list:
 
 
 @pytest.mark.slow
-def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
-    uri, root = study
-    paths = build_report("smoke", tracking_uri=uri, out_dir=str(root / "report"))
+def test_tables_match_the_mlflow_runs(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    uri = smoke_study.uri
+    paths = build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
     table = pd.read_csv(paths.summary)
     test = table[table["kind"] == "test"]
     finals = _finals(uri)
@@ -107,13 +96,14 @@ def test_tables_match_the_mlflow_runs(study: tuple[str, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_report_of_a_study_with_a_missing_arm_still_renders(study: tuple[str, Path]) -> None:
-    uri, root = study
+def test_report_of_a_study_with_a_missing_arm_still_renders(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")  # deletes go to a copy of the store
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     for run in _finals(uri):
         if run.data.tags["arm"] == "unshared":
             client.delete_run(run.info.run_id)
-    paths = build_report("smoke", tracking_uri=uri, out_dir=str(root / "report2"))
+    paths = build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
     md = paths.markdown.read_text()
     assert "## Missing results" in md and "unshared: 0 of 2 final runs finished" in md
     assert "No comparison" in md

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from ablation.config import load_config
 from ablation.study.runner import run_study
-from tests.conftest import FIXTURE, REPO, SMOKE
+from ablation.study.tuning import KILL_AFTER_TRIALS
+from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
 
 def _runs(uri: str, study: str = "smoke") -> list:
@@ -53,23 +53,19 @@ def _check_totals(
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(corpus: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_smoke_study_end_to_end(smoke_study: SmokeStudy) -> None:
+    assert "shared: best" in smoke_study.summary and "unshared: best" in smoke_study.summary
     cfg = load_config(SMOKE, FIXTURE)
-    summary = run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
-    assert "shared: best" in summary and "unshared: best" in summary
-    _check_totals(uri, cfg.study.n_trials, len(cfg.study.seeds))
-    # a rerun of a finished study does no work and adds no runs
-    before = len(_runs(uri))
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
-    assert len(_runs(uri)) == before
+    _check_totals(smoke_study.uri, cfg.study.n_trials, len(cfg.study.seeds))
+    # the fixture ran the finished study again: no work done, no run added
+    assert smoke_study.runs_after_rerun == smoke_study.runs_after_first == len(_runs(smoke_study.uri))
 
 
 @pytest.mark.slow
 def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "run"
-    sets = [*FIXTURE, "study.n_trials=3", "train.epochs=4", "model.tiny.num_hidden_layers=4"]
+    sets = [*FIXTURE, "study.n_trials=3"]
     cmd = [
         sys.executable,
         "-m",
@@ -86,25 +82,12 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
         "--no-report",
         *[a for s in sets for a in ("--set", s)],
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    journal = run_dir / "optuna.journal"
-    deadline = time.time() + 900  # a wait for the first trial, not a speed check: a busy machine may be slow
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists():
-            storage = JournalStorage(JournalFileBackend(str(journal)))
-            try:
-                study = optuna.load_study(study_name="smoke-shared", storage=storage)
-                done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-            except KeyError:
-                done = 0
-            if done >= 1:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the study finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert done >= 1
+    env = {**os.environ, KILL_AFTER_TRIALS: "1"}  # the documented fault: SIGKILL during the second trial
+    crashed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    trials = optuna.load_study(study_name="smoke-shared", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     assert any(r.info.status == "RUNNING" for r in _runs(uri))  # the kill left work behind
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
