@@ -18,6 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo "  code: ablation/{data → evaluation → training → tracking → study → report → bench}, models/ (README: Layout)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -118,20 +118,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
+    from ablation.report.build import build_report
     from ablation.study.runner import run_study
+    from ablation.tracking.store import resolve_tracking_uri
 
     cfg = load_config(args.config, args.set or [])
     if args.workers < 1:
         raise UserError(f"run: --workers must be at least 1, got {args.workers}")
-    summary = run_study(
-        cfg,
-        corpus=args.corpus,
-        tracking_uri=args.tracking_uri,
-        run_dir=args.run_dir,
-        workers=args.workers,
-        report=not args.no_report,
+    print(
+        run_study(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers)
     )
-    print(summary)
+    if not args.no_report:
+        uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
+        paths = build_report(cfg.study.name, tracking_uri=uri, experiment=cfg.tracking.experiment or cfg.study.name)
+        print(f"report: {paths.html}")
     return 0
 
 

@@ -146,9 +146,9 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
     corpus = make_corpus(root / "corpus")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = load_config(SMOKE, FIXTURE)
-    summary = run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"), report=False)
+    summary = run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"))
     first = len(Tracker(uri).search("smoke", {}))
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"), report=False)
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(root / "run"))
     return SmokeStudy(uri, root, corpus, summary, first, len(Tracker(uri).search("smoke", {})))
 
 

@@ -256,18 +256,15 @@ def padding_throughput(
 
 def study_wall_times(corpus: str | None) -> dict:
     """P5: wall time of the smoke study (run here) and of the last quick study `make ablation` recorded."""
+    from ablation.report.build import build_report
     from ablation.study.runner import run_study
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        run_study(
-            load_config(SMOKE),
-            corpus=corpus,
-            tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}",
-            run_dir=str(Path(tmp) / "run"),
-            report=True,
-        )
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        run_study(load_config(SMOKE), corpus=corpus, tracking_uri=uri, run_dir=str(Path(tmp) / "run"))
+        build_report("smoke", tracking_uri=uri, out_dir=str(Path(tmp) / "report"), experiment="smoke")
         smoke = time.perf_counter() - t
     quick = None
     runs = Tracker(resolve_tracking_uri()).search("quick", {"role": "study"}, status="FINISHED")

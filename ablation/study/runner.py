@@ -1,4 +1,4 @@
-"""`ablation run` / `make ablation`: set up a study, run its workers, finish it, and report.
+"""`ablation run` / `make ablation`: set up a study, run its workers, and finish it.
 
 The main process validates everything first (config, corpus, model, objective: bad input leaves no run),
 finds or creates the study and arm runs, then works itself or starts `workers` processes that share the
@@ -99,9 +99,9 @@ def run_study(
     tracking_uri: str | None = None,
     run_dir: str | None = None,
     workers: int = 1,
-    report: bool = True,
 ) -> str:
-    """Run (or resume) the whole study; returns a summary saying where the results are."""
+    """Run (or resume) the whole study; returns a summary saying where the results are (the report is
+    built from MLflow afterwards, by `ablation run` or `ablation report`)."""
     start = time.perf_counter()
     ctx = _context(cfg, corpus, tracking_uri, run_dir)
     if workers == 1:
@@ -130,9 +130,4 @@ def run_study(
         f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)",
         *_finish(ctx),
     ]
-    if report:
-        from ablation.report.build import build_report
-
-        paths = build_report(cfg.study.name, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment)
-        lines.append(f"report: {paths.html}")
     return "\n".join(lines)

@@ -98,7 +98,7 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
 def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(SMOKE, [*FIXTURE, "study.n_trials=3"])
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=2, report=False)
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=2)
     _check_totals(uri, 3, 2)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
     pids = set()
@@ -121,7 +121,7 @@ def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path
         ],
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
     trials = optuna.load_study(study_name="smoke-shared", storage=storage).get_trials()
     assert len(trials) == cfg.study.n_trials
@@ -140,7 +140,7 @@ def test_a_study_name_with_a_quote_runs_resumes_and_reports(corpus: Path, tmp_pa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(SMOKE, [*FIXTURE, "study.name=it's smoke", "study.n_trials=1", "study.seeds=[1]"])
     for _ in range(2):  # the rerun must find every run by its quoted tags, and add none
-        run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), report=False)
+        run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))
     _check_totals(uri, 1, 1, study="it's smoke")
     paths = build_report("it's smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
     assert "Ablation report: it&#39;s smoke" in paths.html.read_text()  # autoescaped
