@@ -34,6 +34,7 @@ class DataConfig(_Section):
     corpus: str | None = None  # directory or .zip; None: --corpus, else ARGUANA_DIR, else data/
     themes: tuple[str, ...] = ()  # subset by whole themes; empty: all
     max_debates_per_theme: Annotated[StrictInt, Field(ge=1)] | None = None
+    cache_dir: str | None = None  # frozen-prefix caches; None: runs/prefix-cache in the repository
 
 
 class TinyBertConfig(_Section):
@@ -61,6 +62,7 @@ class ModelConfig(_Section):
     proj_dim: Annotated[StrictInt, Field(ge=1)] = 128
     freeze_embeddings: StrictBool = False
     freeze_layers: Annotated[StrictInt, Field(ge=0)] = 0  # bottom transformer layers to freeze
+    prefix_cache: StrictBool = True  # frozen embeddings + bottom layers: compute their output once per text
     head_init: Literal["pca", "random"] = "pca"  # pca: top principal components of the pooled training texts
     tiny: TinyBertConfig = TinyBertConfig()
 

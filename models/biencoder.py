@@ -16,7 +16,7 @@ from models.arms import ARMS
 from models.backbone import TinyBert, freeze, hidden_size, load_encoder
 from models.pooling import Tower
 
-Batch = dict[str, torch.Tensor]  # input_ids, attention_mask
+Batch = dict[str, torch.Tensor]  # attention_mask, and input_ids or the frozen prefix's output (prefix)
 
 
 @dataclass
@@ -105,11 +105,11 @@ class BiEncoder(nn.Module):
         self.classifier = classifier
 
     def encode_query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.query_tower(batch["input_ids"], batch["attention_mask"])
+        pooled = self.query_tower(**batch)
         return pooled, self.query_head(pooled)
 
     def encode_candidate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.cand_tower(batch["input_ids"], batch["attention_mask"])
+        pooled = self.cand_tower(**batch)
         return pooled, self.cand_head(pooled)
 
     def forward(self, query: Batch, pos: Batch, neg: Batch) -> TripletOutput:
@@ -178,7 +178,8 @@ def build_biencoder(spec: BiEncoderSpec, vocab_size: int) -> BiEncoder:
         raise ValueError(f"unknown arm {spec.sharing!r} (known: {', '.join(sorted(ARMS))})")
     encoder = load_encoder(spec.name, vocab_size, spec.pooling, spec.max_length, spec.tiny)
     freeze(encoder, spec.freeze_embeddings, spec.freeze_layers)
-    tower = Tower(encoder, spec.pooling)
+    frozen_prefix = spec.freeze_layers if spec.freeze_embeddings else 0
+    tower = Tower(encoder, spec.pooling, frozen_prefix)
     h = hidden_size(encoder)
     head = nn.Linear(h, spec.proj_dim)
     classifier = PairClassifier(h, spec.proj_dim)

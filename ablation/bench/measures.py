@@ -16,7 +16,7 @@ import torch
 
 from ablation.bench.per_pair import per_pair_accuracy
 from ablation.config import ExperimentConfig, load_config, replace_path
-from ablation.data.batching import bucketed_batches, pad_batch
+from ablation.data.batching import TokenTexts, bucketed_batches
 from ablation.data.corpus import Split
 from ablation.data.run_data import RunData, load_run_data
 from ablation.data.tasks import TASKS
@@ -60,13 +60,10 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
         batches = batches[: steps + 1]
         bare_model = build_model(cfg, data, trainer.device).train()  # from_pretrained leaves encoders in eval mode
         bare_opt = torch.optim.Adam([p for p in bare_model.parameters() if p.requires_grad], lr=cfg.train.lr)
-        tr, pad = data.train, data.pad_id
+        queries, candidates = trainer.texts(data.train)  # the same inputs: token ids or the prefix cache
 
         def bare(idx: np.ndarray) -> None:
-            b = [
-                pad_batch([toks[i] for i in ids], pad)
-                for toks, ids in ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negs[idx]))
-            ]
+            b = [queries.batch(idx), candidates.batch(idx), candidates.batch(negs[idx])]
             out = bare_model(*[{k: v.to(trainer.device) for k, v in x.items()} for x in b])
             loss = trainer.loss_fn(out)["total"]
             bare_opt.zero_grad(set_to_none=True)
@@ -238,7 +235,7 @@ def padding_throughput(
         real = sum(len(t) for t in tokens)
 
         def run(fixed: int | None, tokens: list = tokens) -> None:
-            encode(lambda b: {"v": tower(**b)}, tokens, data.pad_id, 32, "cpu", "bench", fixed_length=fixed)
+            encode(lambda b: {"v": tower(**b)}, TokenTexts(tokens, data.pad_id, fixed), 32, "cpu", "bench")
 
         bucketed = _median_time(lambda: run(None), repeats=2)
         fixed = _median_time(lambda max_length=max_length: run(max_length), repeats=2)
@@ -301,3 +298,44 @@ def peak_memory(corpus: str | None) -> dict:
         out[f"{arm}_peak_rss_mib"] = kib / 1024
     out["ratio_unshared_over_shared"] = out["unshared_peak_rss_mib"] / out["shared_peak_rss_mib"]
     return out
+
+
+def prefix_cache_speedup(cfg: ExperimentConfig, data: RunData, rounds: int = 2) -> dict:
+    """P7: the frozen-prefix cache, side by side with the full encoder: one quick trial (train + validation
+    each epoch, no test) and encoding the test split, alternating in `rounds`; the cache's build time
+    (in a fresh folder), size on disk and the speed-ups (medians over rounds)."""
+    from ablation.evaluation.trained import encode_sides, token_texts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cached_cfg = replace_path(cfg, "data.cache_dir", tmp)
+        t = time.perf_counter()
+        cached = Trainer(cached_cfg, data)  # builds the train, validation and test stores
+        build = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in Path(tmp).glob("prefix-*.npy"))
+        full = Trainer(replace_path(cfg, "model.prefix_cache", False), data)
+        trial, encoding = [], []
+        for _ in range(rounds):
+            times = {}
+            for name, trainer_cfg in (("cached", cached_cfg), ("full", replace_path(cfg, "model.prefix_cache", False))):
+                t = time.perf_counter()
+                Trainer(trainer_cfg, data, run_test=False).fit(MemoryRecorder())
+                times[name] = time.perf_counter() - t
+            trial.append(times["full"] / times["cached"])
+            for name, trainer in (("cached", cached), ("full", full)):
+                texts = trainer.texts(data.test) if name == "cached" else token_texts(data.pad_id)(data.test)
+                t = time.perf_counter()
+                encode_sides(trainer.model, *texts, cfg.eval.batch_size, trainer.device)
+                times[f"encode_{name}"] = time.perf_counter() - t
+            encoding.append(times["encode_full"] / times["encode_cached"])
+    trial_x, encode_x = statistics.median(trial), statistics.median(encoding)
+    return {
+        "id": "P7",
+        "frozen_layers": cfg.model.freeze_layers,
+        "build_s": build,
+        "size_mib": size / 2**20,
+        "trial_speedup": trial_x,
+        "encode_test_speedup": encode_x,
+        "rounds": rounds,
+        "goal": ">= 2x per trial, >= 2.5x encoding",
+        "met": trial_x >= 2 and encode_x >= 2.5,
+    }

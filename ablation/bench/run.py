@@ -14,6 +14,7 @@ from ablation.bench.measures import (
     neighbour_index,
     padding_throughput,
     peak_memory,
+    prefix_cache_speedup,
     refresh_share,
     step_overhead,
     study_wall_times,
@@ -37,6 +38,7 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
         lambda: step_overhead(replace_path(cfg, "model.sharing", "unshared"), data, 6 if quick else 24),
         lambda: evaluation_speedup(cfg, data, full_test, 1 if quick else 5),
         lambda: refresh_share(cfg, data),
+        lambda: prefix_cache_speedup(cfg, data, 1 if quick else 2),
         lambda: neighbour_index(),
         lambda: padding_throughput(
             cfg, data, full_test, (128, 256) if quick else (128, 256, 512), 96 if quick else 192

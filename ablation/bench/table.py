@@ -11,6 +11,7 @@ GOALS: dict[str, str] = {
     "P4": "length-bucketed padding encodes at least 1.3x the tokens/s of padding to max_length",
     "P5": "the smoke study takes at most 90 s, the quick study at most 15 min",
     "P6": "peak memory of one quick run per arm (reported, no goal)",
+    "P7": "the frozen-prefix cache: a quick trial at least 2x faster, encoding the test split at least 2.5x",
     "index": "the faster neighbour index for mining at the full training split's size",
 }
 
@@ -79,6 +80,15 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"unshared {r['unshared_peak_rss_mib']:.0f} MiB",
             f"{r['ratio_unshared_over_shared']:.2f}×",
             "report",
+        )
+    if rid == "P7":
+        return (
+            rid,
+            f"frozen-prefix cache ({r['frozen_layers']} layers + embeddings): built in {r['build_s']:.1f} s, "
+            f"{r['size_mib']:.0f} MiB; quick trial {r['trial_speedup']:.2f}×, test-split encoding "
+            f"{r['encode_test_speedup']:.2f}× (median of {r['rounds']} alternating rounds)",
+            f"{r['trial_speedup']:.2f}× / {r['encode_test_speedup']:.2f}×",
+            f"≥ 2× / ≥ 2.5×: {'yes' if r['met'] else 'no'}",
         )
     return (rid, json.dumps(r), "", "")
 

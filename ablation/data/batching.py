@@ -7,6 +7,8 @@ is most of the speed of encoding on CPU (see `make bench`, P4).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,3 +52,29 @@ def bucketed_batches(
         bucket = bucket[np.argsort(-lengths[bucket], kind="stable")]
         batches.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class Texts(Protocol):
+    """Texts that can be batched for an encoder: their lengths (for length-sorted batches) and a batch of
+    model inputs (`attention_mask`, and `input_ids` or a frozen prefix's output `prefix`)."""
+
+    @property
+    def lengths(self) -> np.ndarray: ...
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TokenTexts:
+    """Tokenised texts, right-padded per batch (or to `fixed_length`)."""
+
+    tokens: Tokens
+    pad_id: int
+    fixed_length: int | None = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens])
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return pad_batch([self.tokens[i] for i in idx], self.pad_id, self.fixed_length)

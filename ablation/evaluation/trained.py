@@ -3,9 +3,12 @@ vectors, rerank the top-K by the pair classifier's positive-class probability.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
+from ablation.data.batching import Texts, TokenTexts
 from ablation.data.run_data import TokenizedSplit
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.evaluator import Evaluator
@@ -13,9 +16,23 @@ from ablation.evaluation.ranking import PairScorer, score_matrix
 from ablation.runtime import autocast
 from models.biencoder import BiEncoder
 
+SideTexts = Callable[[TokenizedSplit], tuple[Texts, Texts]]
+"""A split's (query, candidate) texts as the model reads them: token ids, or a frozen prefix's output."""
+
+
+def token_texts(pad_id: int) -> SideTexts:
+    """Texts as token ids, padded per batch."""
+    return lambda data: (TokenTexts(data.query_tokens, pad_id), TokenTexts(data.cand_tokens, pad_id))
+
 
 def encode_sides(
-    model: BiEncoder, data: TokenizedSplit, pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32"
+    model: BiEncoder,
+    queries: Texts,
+    candidates: Texts,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    name: str = "",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(query side, candidate side) pooled and projected vectors; the model is left in the mode it had."""
     was_training = model.training
@@ -30,17 +47,8 @@ def encode_sides(
         return run
 
     try:
-        q = encode(
-            side(model.encode_query), data.query_tokens, pad_id, batch_size, device, f"encode {data.split.name} queries"
-        )
-        c = encode(
-            side(model.encode_candidate),
-            data.cand_tokens,
-            pad_id,
-            batch_size,
-            device,
-            f"encode {data.split.name} candidates",
-        )
+        q = encode(side(model.encode_query), queries, batch_size, device, f"encode {name} queries")
+        c = encode(side(model.encode_candidate), candidates, batch_size, device, f"encode {name} candidates")
     finally:
         model.train(was_training)
     return q, c
@@ -70,15 +78,15 @@ def pair_scorer(
 class TrainedEvaluator(Evaluator):
     """The bi-encoder as it is now: L2 retrieval on the projected vectors, the pair classifier to rerank."""
 
-    def __init__(self, model: BiEncoder, pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32"):
-        self.model, self.pad_id, self.batch_size, self.device, self.precision = (
-            model,
-            pad_id,
-            batch_size,
-            device,
-            precision,
-        )
+    def __init__(
+        self, model: BiEncoder, texts: SideTexts, batch_size: int, device: torch.device, precision: str = "fp32"
+    ) -> None:
+        self.model, self.texts, self.batch_size = model, texts, batch_size
+        self.device, self.precision = device, precision
 
     def score(self, data: TokenizedSplit) -> tuple[np.ndarray, PairScorer]:
-        q, c = encode_sides(self.model, data, self.pad_id, self.batch_size, self.device, self.precision)
+        queries, candidates = self.texts(data)
+        q, c = encode_sides(
+            self.model, queries, candidates, self.batch_size, self.device, self.precision, data.split.name
+        )
         return score_matrix(q["proj"], c["proj"], "l2"), pair_scorer(self.model, q, c, self.device)

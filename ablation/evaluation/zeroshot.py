@@ -7,6 +7,7 @@ import torch
 
 from ablation import encoders
 from ablation.config import ModelConfig
+from ablation.data.batching import TokenTexts
 from ablation.data.run_data import TokenizedSplit
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.evaluator import Evaluator
@@ -28,7 +29,8 @@ class ZeroShot(Evaluator):
         def fn(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {"vec": torch.nn.functional.normalize(self.tower(**batch), dim=-1)}
 
-        return encode(fn, tokens, self.tokenizer.pad_token_id, self.batch_size, self.device, desc=desc)["vec"]
+        texts = TokenTexts(tokens, self.tokenizer.pad_token_id)
+        return encode(fn, texts, self.batch_size, self.device, desc=desc)["vec"]
 
     def score(self, data: TokenizedSplit) -> tuple[np.ndarray, PairScorer | None]:
         n = data.split.n

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,10 +22,12 @@ from tqdm.auto import tqdm
 
 from ablation import encoders
 from ablation.config import ExperimentConfig, dump_yaml, flatten
-from ablation.data.batching import bucketed_batches, pad_batch
+from ablation.data.batching import bucketed_batches
+from ablation.data.prefix_cache import PrefixStore, split_texts
 from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
-from ablation.evaluation.trained import TrainedEvaluator, encode_sides
+from ablation.evaluation.trained import SideTexts, TrainedEvaluator, encode_sides, token_texts
+from ablation.io import REPO_ROOT
 from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
 from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.training.negatives import Forbidden, mine, random_rates
@@ -32,6 +35,9 @@ from ablation.training.recorder import Recorder
 from models.biencoder import BiEncoder
 from models.heads import pca_projection
 from models.loss import TripletPairLoss
+
+DEFAULT_CACHE = REPO_ROOT / "runs" / "prefix-cache"
+"""Where frozen-prefix caches go unless `data.cache_dir` names a folder (one file per model, depth and split)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after each epoch's validation with (epochs done, val metrics); may raise to stop the run (pruning)."""
@@ -113,11 +119,27 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
         self.forbidden = Forbidden.from_codes(data.train.split.text_codes)
-        self.evaluator = TrainedEvaluator(
-            self.model, data.pad_id, cfg.eval.batch_size, self.device, cfg.train.precision
-        )
+        self.texts = self._side_texts()
+        self.evaluator = TrainedEvaluator(self.model, self.texts, cfg.eval.batch_size, self.device, cfg.train.precision)
         self.step = 0
         self.result = TrainResult()
+
+    def _side_texts(self) -> SideTexts:
+        """How the model reads each split: through the frozen-prefix cache when the embeddings and bottom
+        layers are frozen (`model.prefix_cache`), else as token ids."""
+        tower, data = self.model.query_tower, self.data
+        if not (self.cfg.model.prefix_cache and tower.prefix_layers):
+            return token_texts(data.pad_id)
+        folder = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else DEFAULT_CACHE
+        batch = self.cfg.eval.batch_size
+        stores = {
+            id(split): split_texts(
+                PrefixStore.build_or_load(folder, tower, split.cand_tokens, data.pad_id, batch, self.device),
+                split.split.n,
+            )
+            for split in (data.train, data.val, *((data.test,) if self.run_test else ()))
+        }
+        return lambda split: stores[id(split)]
 
     def _record_setup(self, recorder: Recorder) -> None:
         cfg, data = self.cfg, self.data
@@ -132,13 +154,9 @@ class Trainer:
     def encode_training_split(self, init_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Projected vectors of training queries (query side) and candidates (candidate side), no dropout;
         with `init_heads` (before the first step), the heads are first set from the pooled vectors."""
+        ev = self.evaluator
         q, c = encode_sides(
-            self.model,
-            self.data.train,
-            self.data.pad_id,
-            self.cfg.eval.batch_size,
-            self.device,
-            self.cfg.train.precision,
+            self.model, *self.texts(self.data.train), ev.batch_size, self.device, ev.precision, "training"
         )
         if init_heads:
             weight, bias = pca_projection(torch.from_numpy(c["pool"]), self.cfg.model.proj_dim)
@@ -160,12 +178,9 @@ class Trainer:
     ) -> float:
         """One optimisation step on the training queries `idx`, their counters and `negatives[idx]`; with
         `vectors`, the step's projected vectors (dropout on) replace those rows for the next mining."""
-        cfg, tr = self.cfg, self.data.train
-        pad, dev = self.data.pad_id, self.device
-        batches = [
-            pad_batch([toks[i] for i in ids], pad)
-            for toks, ids in ((tr.query_tokens, idx), (tr.cand_tokens, idx), (tr.cand_tokens, negatives[idx]))
-        ]
+        cfg, dev = self.cfg, self.device
+        queries, candidates = self.texts(self.data.train)
+        batches = (queries.batch(idx), candidates.batch(idx), candidates.batch(negatives[idx]))
         q, p, n = ({k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches)
         with autocast(self.device, cfg.train.precision):
             out = self.model(q, p, n)

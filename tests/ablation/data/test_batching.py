@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ablation.data.batching import bucketed_batches, length_sorted_batches, pad_batch
+from ablation.data.batching import TokenTexts, bucketed_batches, length_sorted_batches, pad_batch
 from ablation.evaluation.encoding import encode
 
 
@@ -31,6 +31,6 @@ def test_bucketed_batches_cover_everything_once_and_are_seeded() -> None:
 def test_encode_returns_outputs_in_input_order() -> None:
     tokens = [[1] * n for n in (3, 9, 1, 5)]
     assert [len(b) for b in length_sorted_batches([len(t) for t in tokens], 2)] == [2, 2]
-    out = encode(lambda b: {"n": b["attention_mask"].sum(1, keepdim=True).float()}, tokens, 0, 2, "cpu")
+    out = encode(lambda b: {"n": b["attention_mask"].sum(1, keepdim=True).float()}, TokenTexts(tokens, 0), 2, "cpu")
     assert out["n"].ravel().tolist() == [3, 9, 1, 5]
     assert out["n"].dtype == np.float32

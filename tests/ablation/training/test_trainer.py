@@ -151,10 +151,10 @@ def test_pca_head_starts_where_the_pooled_vectors_are(data: RunData) -> None:
     """With a head as wide as the encoder, the PCA start is a rotation: validation retrieval before any
     step equals retrieval by L2 on the pooled vectors of the untrained encoder."""
     from ablation.evaluation.ranking import evaluate_scores, score_matrix
-    from ablation.evaluation.trained import encode_sides
+    from ablation.evaluation.trained import encode_sides, token_texts
 
     cfg = smoke_config(**{"model.proj_dim": 32, "train.epochs": 1})
-    q, c = encode_sides(Trainer(cfg, data).model, data.val, data.pad_id, 32, torch.device("cpu"))
+    q, c = encode_sides(Trainer(cfg, data).model, *token_texts(data.pad_id)(data.val), 32, torch.device("cpu"))
     pooled = evaluate_scores(data.val.split, score_matrix(q["pool"], c["pool"], "l2")).metrics
     _, rec = _fit(cfg, data)
     for key in ("retrieval/acc_at_1/mean", "retrieval/mrr/epa", "retrieval/acc_at_1/sdoc"):

@@ -1,0 +1,118 @@
+"""The frozen-prefix cache: the token vectors that a frozen embedding layer and bottom layers give each text,
+computed once per study and read by every arm, trial, seed and worker.
+
+Their output depends on the tokens alone (the prefix runs without dropout), so training, negative refresh
+and evaluation only need the layers above it. The vectors of a split's texts are stored as one float16
+array memory-mapped from disk, with each text's row offsets. The file name is a digest of everything the
+vectors depend on: the prefix's weights (model, revision), its depth, and the token ids of every text
+(tokenizer, max_length, corpus and subset). It is built under a file lock and renamed into place only when
+complete, so a killed build leaves no half file and a rerun reuses a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from ablation.data.batching import Tokens, TokenTexts, length_sorted_batches
+from models.pooling import Tower
+
+
+def _digest(tower: Tower, tokens: Tokens) -> str:
+    h = hashlib.sha256(f"prefix_layers={tower.prefix_layers}".encode())
+    for module in tower.frozen_modules():
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode() + tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    for t in tokens:
+        h.update(np.asarray(t, dtype=np.int32).tobytes() + b"|")
+    return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class PrefixStore:
+    """Cached prefix vectors of a list of texts: rows ``offsets[i]:offsets[i + 1]`` of `vectors` are text i."""
+
+    vectors: np.ndarray  # [tokens, hidden] float16, memory-mapped
+    offsets: np.ndarray  # [texts + 1]
+    path: Path
+
+    @classmethod
+    def build_or_load(
+        cls, folder: Path, tower: Tower, tokens: Tokens, pad_id: int, batch_size: int, device: torch.device
+    ) -> PrefixStore:
+        """The store of `tokens` under `tower`'s frozen prefix: read if a finished one exists, else built."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"prefix-{_digest(tower, tokens)}.npy"
+        offsets_path = path.with_suffix(".offsets.npy")
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                cls._build(path, offsets_path, tower, tokens, pad_id, batch_size, device)
+        return cls(np.load(path, mmap_mode="r"), np.load(offsets_path), path)
+
+    @staticmethod
+    def _build(
+        path: Path, offsets_path: Path, tower: Tower, tokens: Tokens, pad_id: int, batch_size: int, device: torch.device
+    ) -> None:
+        lengths = np.array([len(t) for t in tokens])
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        hidden = int(tower.encoder.config.hidden_size)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(offsets[-1]), hidden))
+            texts = TokenTexts(tokens, pad_id)
+            batches = length_sorted_batches(lengths, batch_size)
+            was_training = tower.training
+            tower.eval()
+            for idx in tqdm(batches, desc="frozen-prefix cache", unit="batch", leave=False, disable=None):
+                batch = texts.batch(idx)
+                vectors = tower.prefix(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                vectors = vectors.to(torch.float16).cpu().numpy()
+                for row, i in enumerate(idx):
+                    out[offsets[i] : offsets[i + 1]] = vectors[row, : lengths[i]]
+            tower.train(was_training)
+            out.flush()
+            del out
+            np.save(offsets_path, offsets)
+            os.replace(tmp, path)  # last: the store exists only once complete
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.vectors.nbytes + self.offsets.nbytes)
+
+
+@dataclass(frozen=True)
+class PrefixTexts:
+    """Some of a store's texts (`rows`), batched as the prefix's output (float32) and an attention mask."""
+
+    store: PrefixStore
+    rows: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.store.offsets)[self.rows]
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = self.rows[idx]
+        starts, ends = self.store.offsets[rows], self.store.offsets[rows + 1]
+        width = int((ends - starts).max())
+        prefix = np.zeros((len(rows), width, self.store.vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for k, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            prefix[k, : b - a] = self.store.vectors[a:b]
+            mask[k, : b - a] = 1
+        return {"prefix": torch.from_numpy(prefix), "attention_mask": torch.from_numpy(mask)}
+
+
+def split_texts(store: PrefixStore, n: int) -> tuple[PrefixTexts, PrefixTexts]:
+    """(queries, candidates) of a split whose store holds its candidates (counters, then points): query i
+    is point i, the candidate n + i."""
+    return PrefixTexts(store, np.arange(n, 2 * n)), PrefixTexts(store, np.arange(2 * n))

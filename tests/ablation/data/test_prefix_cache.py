@@ -1,0 +1,93 @@
+"""The frozen-prefix cache: the same encodings and the same training as the full encoder, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablation.data.prefix_cache import PrefixStore, split_texts
+from ablation.data.run_data import RunData, load_run_data
+from ablation.evaluation.trained import encode_sides, token_texts
+from ablation.training.recorder import MemoryRecorder
+from ablation.training.trainer import Trainer
+from tests.conftest import smoke_config
+
+FROZEN = {"model.freeze_embeddings": "true", "model.freeze_layers": 1}
+
+
+@pytest.fixture()
+def data(corpus: Path) -> RunData:
+    return load_run_data(smoke_config(), str(corpus))
+
+
+def _config(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    return smoke_config(**{**FROZEN, "data.cache_dir": str(tmp_path / "cache"), **overrides})
+
+
+def test_encodings_through_the_cache_equal_the_full_encoder(data: RunData, tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path), data)
+    cached = encode_sides(trainer.model, *trainer.texts(data.val), 16, torch.device("cpu"))
+    full = encode_sides(trainer.model, *token_texts(data.pad_id)(data.val), 16, torch.device("cpu"))
+    for side_cached, side_full in zip(cached, full, strict=True):
+        for key in ("pool", "proj"):
+            np.testing.assert_allclose(side_cached[key], side_full[key], rtol=0, atol=2e-3)  # float16 storage
+    assert len(list((tmp_path / "cache").glob("prefix-*.offsets.npy"))) == 3  # train, val, test
+
+
+def test_training_with_the_cache_matches_training_without_it_step_by_step(data: RunData, tmp_path: Path) -> None:
+    runs = []
+    for cache in (True, False):
+        rec = MemoryRecorder()
+        trainer = Trainer(_config(tmp_path, **{"model.prefix_cache": cache}), data)
+        trainer.fit(rec)
+        runs.append((trainer.result.losses, rec))
+    (cached, rec_c), (full, rec_f) = runs
+    assert len(cached) == len(full) > 4
+    np.testing.assert_allclose(cached, full, rtol=2e-3)  # dropout on above the prefix: the same masks
+    assert rec_c.tags["digest.negatives.epoch2"] == rec_f.tags["digest.negatives.epoch2"]
+    val_c, val_f = rec_c.history("val/retrieval/mrr/mean"), rec_f.history("val/retrieval/mrr/mean")
+    np.testing.assert_allclose([v for _, v in val_c], [v for _, v in val_f], atol=1e-2)
+
+
+def test_a_store_is_built_once_and_a_killed_build_leaves_nothing(data: RunData, tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path), data)
+    tower, folder = trainer.model.query_tower, tmp_path / "again"
+    tokens = data.val.cand_tokens
+    calls = []
+    real = tower.prefix
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed in the middle of the build
+        return real(*args, **kwargs)
+
+    tower.prefix = crash  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+    assert not list(folder.glob("*.npy"))  # no half file, under its name or a temporary one
+    tower.prefix = real  # type: ignore[method-assign]
+    store = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+    built = store.path.stat().st_mtime_ns
+    tower.prefix = crash  # a finished store is read, never rebuilt
+    again = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+    assert again.path == store.path and again.path.stat().st_mtime_ns == built
+    queries, candidates = split_texts(store, data.val.split.n)
+    assert candidates.lengths.tolist() == [len(t) for t in tokens]
+    assert queries.lengths.tolist() == [len(t) for t in data.val.query_tokens]
+
+
+def test_the_key_covers_weights_depth_and_tokens(corpus: Path, data: RunData, tmp_path: Path) -> None:
+    def path(**overrides: object) -> Path:
+        cfg = _config(tmp_path, **overrides)
+        run_data = load_run_data(cfg, str(corpus)) if "model.max_length" in overrides else data
+        return Trainer(cfg, run_data, run_test=False).texts(run_data.val)[1].store.path
+
+    base = path()
+    assert path() == base
+    assert path(seed=2) != base  # the tiny random BERT's weights come from the seed
+    assert path(**{"model.freeze_layers": 2}) != base
+    assert path(**{"model.max_length": 24}) != base  # other tokens (tokenizer, max_length and texts alike)
