@@ -80,7 +80,7 @@ def test_missing_file_and_cli_overrides(tmp_path: Path) -> None:
     assert flatten(cfg)["train.epochs"] == 5
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "quick.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "quick.yaml", "medium.yaml", "paper.yaml"])
 def test_shipped_experiments_load(name: str) -> None:
     cfg = load_config(EXPERIMENTS / name)
     assert cfg.study.name == name.removesuffix(".yaml")
