@@ -25,11 +25,17 @@ from ablation.data.batching import Tokens, TokenTexts, length_sorted_batches
 from models.pooling import Tower
 
 
-def _digest(tower: Tower, tokens: Tokens) -> str:
+def prefix_digest(tower: Tower) -> str:
+    """A digest of the tower's frozen prefix: its depth and weights (model and revision alike)."""
     h = hashlib.sha256(f"prefix_layers={tower.prefix_layers}".encode())
     for module in tower.frozen_modules():
         for name, tensor in sorted(module.state_dict().items()):
             h.update(name.encode() + tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _digest(prefix: str, tokens: Tokens) -> str:
+    h = hashlib.sha256(prefix.encode())
     for t in tokens:
         h.update(np.asarray(t, dtype=np.int32).tobytes() + b"|")
     return h.hexdigest()[:24]
@@ -45,11 +51,19 @@ class PrefixStore:
 
     @classmethod
     def build_or_load(
-        cls, folder: Path, tower: Tower, tokens: Tokens, pad_id: int, batch_size: int, device: torch.device
+        cls,
+        folder: Path,
+        tower: Tower,
+        tokens: Tokens,
+        pad_id: int,
+        batch_size: int,
+        device: torch.device,
+        prefix: str | None = None,
     ) -> PrefixStore:
-        """The store of `tokens` under `tower`'s frozen prefix: read if a finished one exists, else built."""
+        """The store of `tokens` under `tower`'s frozen prefix: read if a finished one exists, else built.
+        `prefix` is the tower's `prefix_digest`, for callers that open several stores of one tower."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"prefix-{_digest(tower, tokens)}.npy"
+        path = folder / f"prefix-{_digest(prefix or prefix_digest(tower), tokens)}.npy"
         offsets_path = path.with_suffix(".offsets.npy")
         with FileLock(str(path) + ".lock"):
             if not path.exists():

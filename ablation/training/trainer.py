@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ablation import encoders
 from ablation.config import ExperimentConfig, dump_yaml, flatten
 from ablation.data.batching import bucketed_batches
-from ablation.data.prefix_cache import PrefixStore, split_texts
+from ablation.data.prefix_cache import PrefixStore, prefix_digest, split_texts
 from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
 from ablation.evaluation.trained import SideTexts, TrainedEvaluator, encode_sides, token_texts
@@ -131,10 +131,10 @@ class Trainer:
         if not (self.cfg.model.prefix_cache and tower.prefix_layers):
             return token_texts(data.pad_id)
         folder = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else DEFAULT_CACHE
-        batch = self.cfg.eval.batch_size
+        batch, prefix = self.cfg.eval.batch_size, prefix_digest(tower)  # the weights, hashed once for all splits
         stores = {
             id(split): split_texts(
-                PrefixStore.build_or_load(folder, tower, split.cand_tokens, data.pad_id, batch, self.device),
+                PrefixStore.build_or_load(folder, tower, split.cand_tokens, data.pad_id, batch, self.device, prefix),
                 split.split.n,
             )
             for split in (data.train, data.val, *((data.test,) if self.run_test else ()))
