@@ -4,11 +4,13 @@ a warm-up), through the harness's public interfaces. `table.GOALS` says what eac
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
@@ -338,4 +340,73 @@ def prefix_cache_speedup(cfg: ExperimentConfig, data: RunData, rounds: int = 2) 
         "rounds": rounds,
         "goal": ">= 2x per trial, >= 2.5x encoding",
         "met": trial_x >= 2 and encode_x >= 2.5,
+    }
+
+
+def _timed_steps(arm: str, corpus: str | None, threads: int, steps: int, ready: Barrier, result: Connection) -> None:
+    """In a fresh process with `threads` torch threads: set up a quick trainer, wait for the other workers,
+    then time `steps` training steps and send the seconds back."""
+    torch.set_num_threads(threads)
+    cfg = load_config(QUICK, [f"model.sharing={arm}"])
+    data = load_run_data(cfg, corpus)
+    trainer = Trainer(cfg, data, run_test=False)
+    q, c = trainer.encode_training_split()
+    negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0), trainer.forbidden).index
+    rng = np.random.default_rng(0)
+    batches: list[np.ndarray] = []
+    while len(batches) < steps + 1:
+        batches += bucketed_batches(
+            [len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size, rng
+        )
+    recorder = MemoryRecorder()
+    trainer.train_step(batches[0], negs, recorder)  # warm-up
+    ready.wait()
+    t = time.perf_counter()
+    for idx in batches[1 : steps + 1]:
+        trainer.train_step(idx, negs, recorder)
+    result.send(time.perf_counter() - t)
+
+
+def worker_threads(corpus: str | None, workers: int = 2, steps: int = 24, rounds: int = 2) -> dict:
+    """Threads: `workers` processes train quick steps at once (one per arm, as `WORKERS=N` runs them), each
+    with cores // workers torch threads (the runner's default) or with every core (torch's default, which
+    oversubscribes). The wall time until the last worker is done, median over alternating rounds."""
+    cores = os.cpu_count() or 1
+    settings = {"split": max(1, cores // workers), "all_cores": cores}
+    spawn = multiprocessing.get_context("spawn")
+    walls: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, threads in settings.items():
+            ready = spawn.Barrier(workers)
+            pipes = [spawn.Pipe(duplex=False) for _ in range(workers)]
+            arms = ["shared", "unshared"]
+            procs = [
+                spawn.Process(target=_timed_steps, args=(arms[i % 2], corpus, threads, steps, ready, pipes[i][1]))
+                for i in range(workers)
+            ]
+            for p in procs:
+                p.start()
+            for _, send in pipes:
+                send.close()  # so that a worker that dies ends recv() with EOFError instead of a hang
+            try:
+                times = [receive.recv() for receive, _ in pipes]
+            except EOFError:
+                for p in procs:
+                    p.terminate()
+                raise RuntimeError("a bench worker died; its traceback is above") from None
+            for p in procs:
+                p.join()
+            walls[name].append(max(times))
+    split, oversubscribed = statistics.median(walls["split"]), statistics.median(walls["all_cores"])
+    return {
+        "id": "threads",
+        "cores": cores,
+        "workers": workers,
+        "steps": steps,
+        "threads_split": settings["split"],
+        "split_s": split,
+        "all_cores_s": oversubscribed,
+        "rounds": rounds,
+        "faster": "split" if split <= oversubscribed else "all_cores",
+        "ratio": oversubscribed / split,
     }

@@ -18,6 +18,7 @@ from ablation.bench.measures import (
     refresh_share,
     step_overhead,
     study_wall_times,
+    worker_threads,
 )
 from ablation.bench.table import readable_table
 from ablation.config import load_config, replace_path
@@ -40,6 +41,7 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
         lambda: refresh_share(cfg, data),
         lambda: prefix_cache_speedup(cfg, data, 1 if quick else 2),
         lambda: neighbour_index(),
+        lambda: worker_threads(corpus, steps=8 if quick else 24, rounds=1 if quick else 2),
         lambda: padding_throughput(
             cfg, data, full_test, (128, 256) if quick else (128, 256, 512), 96 if quick else 192
         ),

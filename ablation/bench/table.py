@@ -12,6 +12,7 @@ GOALS: dict[str, str] = {
     "P5": "the smoke study takes at most 90 s, the quick study at most 15 min",
     "P6": "peak memory of one quick run per arm (reported, no goal)",
     "P7": "the frozen-prefix cache: a quick trial at least 2x faster, encoding the test split at least 2.5x",
+    "threads": "workers that split the cores between them (the runner's default) vs each using every core",
     "index": "the faster neighbour index for mining at the full training split's size",
 }
 
@@ -89,6 +90,14 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"{r['encode_test_speedup']:.2f}× (median of {r['rounds']} alternating rounds)",
             f"{r['trial_speedup']:.2f}× / {r['encode_test_speedup']:.2f}×",
             f"≥ 2× / ≥ 2.5×: {'yes' if r['met'] else 'no'}",
+        )
+    if rid == "threads":
+        return (
+            rid,
+            f"{r['workers']} workers × {r['steps']} quick steps on {r['cores']} cores: {r['threads_split']} thread(s) "
+            f"each {r['split_s']:.1f} s vs {r['cores']} each {r['all_cores_s']:.1f} s",
+            f"{r['ratio']:.2f}×",
+            f"keep the faster: {r['faster']}",
         )
     return (rid, json.dumps(r), "", "")
 

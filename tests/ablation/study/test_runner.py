@@ -15,7 +15,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from ablation.config import load_config
-from ablation.study.runner import run_study
+from ablation.study.runner import run_study, threads_per_worker
 from ablation.study.tuning import KILL_AFTER_TRIALS
 from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
@@ -144,3 +144,9 @@ def test_a_study_name_with_a_quote_runs_resumes_and_reports(corpus: Path, tmp_pa
     _check_totals(uri, 1, 1, study="it's smoke")
     paths = build_report("it's smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
     assert "Ablation report: it&#39;s smoke" in paths.html.read_text()  # autoescaped
+
+
+@pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 2, 2), (2, 2, 1), (3, 16, 5), (4, 2, 1)])
+def test_workers_split_the_cores_without_oversubscribing(workers: int, cores: int, threads: int) -> None:
+    assert threads_per_worker(workers, cores) == threads
+    assert threads_per_worker(workers, cores) * workers <= max(cores, workers)
