@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXPERIMENT ?= experiments/quick.yaml
 WORKERS ?= 1
+ARGS ?=
+DEVICE ?= cuda
 STUDY ?= quick
 PORT ?= 5000
 # The corpus: ARGUANA_DIR if set, else the shared copy beside the repo when present, else data/.
@@ -14,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-fast ablation smoke report ui bench data-stats zero-shot clean
+.PHONY: help install lint format test test-fast ablation smoke report ui bench gpu-check services data-stats zero-shot clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,7 +45,7 @@ test-fast: $(VENV)/.installed ## run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
 ablation: $(VENV)/.installed ## run the study in EXPERIMENT (default quick) with WORKERS workers, then the report
-	$(PY) -m ablation run --config $(EXPERIMENT) --workers $(WORKERS)
+	$(PY) -m ablation run --config $(EXPERIMENT) --workers $(WORKERS) $(ARGS)
 
 smoke: $(VENV)/.installed ## the smoke study (tiny random BERT, seconds)
 	$(PY) -m ablation run --config experiments/smoke.yaml
@@ -56,6 +58,12 @@ ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the 
 
 bench: $(VENV)/.installed ## speed/memory benchmark → reports/bench/bench.json
 	$(PY) -m ablation bench
+
+services: $(VENV)/.installed ## PostgreSQL (127.0.0.1:55432) + mlflow server (127.0.0.1:$(PORT)) in .services/ until Ctrl-C
+	$(PY) -m ablation services --port $(PORT)
+
+gpu-check: $(VENV)/.installed ## the CUDA path on one GPU (DEVICE=cuda): device tests, P1/P7 in bf16, a repeat → reports/gpu-check/
+	$(PY) -m ablation gpu-check --device $(DEVICE)
 
 data-stats: $(VENV)/.installed ## per-task statistics of the test split
 	$(PY) -m ablation data-stats --split test

@@ -7,11 +7,31 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from pydantic import ValidationError
 
 from ablation.config import one_line
 from ablation.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one `error:` line (no usage block) for bad arguments, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(UserError.exit_code)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _common_corpus(p: argparse.ArgumentParser) -> None:
@@ -119,20 +139,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
     from ablation.report.build import build_report
-    from ablation.study.runner import run_study
+    from ablation.study.runner import StudyIncomplete, run_study
     from ablation.tracking.store import resolve_tracking_uri
 
     cfg = load_config(args.config, args.set or [])
-    if args.workers < 1:
-        raise UserError(f"run: --workers must be at least 1, got {args.workers}")
-    print(
-        run_study(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers)
-    )
+    code = 0
+    try:
+        print(
+            run_study(
+                cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers
+            )
+        )
+    except StudyIncomplete as exc:  # not bad input: the work stopped short; the report says what is missing
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
     if not args.no_report:
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         paths = build_report(cfg.study.name, tracking_uri=uri, experiment=cfg.tracking.experiment or cfg.study.name)
         print(f"report: {paths.html}")
-    return 0
+    return code
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -150,9 +175,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_check(args: argparse.Namespace) -> int:
+    from ablation.bench.gpu_check import gpu_check
+
+    results = gpu_check(corpus=args.corpus, device=args.device, precision=args.precision, out=args.out)
+    return 0 if all(r.get("met", True) for r in results["results"] if r["id"] in ("tests", "repeat")) else 1
+
+
+def _cmd_services(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from ablation.tracking.services import MlflowServer, Postgres
+
+    folder = Path(args.dir).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"services: {folder} is a file, not a folder")
+    pg = Postgres(folder, args.pg_port).start()
+    server = None
+    try:
+        if not (folder / ".databases").exists():
+            for name in ("optuna", "mlflow"):
+                pg.create_database(name)
+            (folder / ".databases").write_text("optuna mlflow\n")
+        server = MlflowServer(pg.url("mlflow"), folder / "artifacts", args.port, folder / "mlflow.log").start()
+        print(f"PostgreSQL: {pg.url('optuna')} (Optuna storage and leases)")
+        print(f"MLflow:     {server.url} (tracking server, PostgreSQL backend; artifacts in {folder / 'artifacts'})")
+        print(f"use: make ablation ARGS='--tracking-uri {server.url} --set study.storage={pg.url('optuna')}'")
+        print("Ctrl-C stops both (the data stays in the folder for the next start)", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        if server is not None:
+            server.stop()
+        pg.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="ablation", description=__doc__)
+    parser = _Parser(prog="ablation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -169,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="HF id or local path")
     p.add_argument("--zero-shot", action="store_true", help="mean pooling, L2-normalised, cosine ranking")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--per-query-csv", help="write per-query ranks to this CSV")
     p.add_argument("--format", choices=["table", "json"], default="table")
@@ -189,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_tracking(p)
     p.add_argument("--config", required=True, help="experiment YAML")
     p.add_argument("--run-dir", help="working files (Optuna journal, logs); default runs/<study>")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on the same studies")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes on the same studies")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     commands["run"] = _cmd_run
@@ -206,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats and no study timings")
     commands["bench"] = _cmd_bench
 
+    p = sub.add_parser("gpu-check", help="the CUDA path in one table: device tests, P1 and P7 in bf16, a repeat")
+    _common_corpus(p)
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N (or cpu, to try the check itself)")
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--out", default=None, help="JSON path (default reports/gpu-check/gpu-check.json)")
+    commands["gpu-check"] = _cmd_gpu_check
+
+    p = sub.add_parser("services", help="a local PostgreSQL and mlflow server for the team setup (Ctrl-C stops)")
+    p.add_argument("--dir", default=".services", help="where the cluster, artifacts and logs live")
+    p.add_argument("--port", type=int, default=5000, help="mlflow server port on 127.0.0.1")
+    p.add_argument("--pg-port", type=int, default=55432, help="PostgreSQL port on 127.0.0.1")
+    commands["services"] = _cmd_services
+
     parser.set_defaults(_commands=commands)
     return parser
 
@@ -216,7 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, one `error:` line printed)
+        return int(exc.code or 0)
     try:
         return args._commands[args.command](args)
     except UserError as exc:

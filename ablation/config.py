@@ -148,6 +148,8 @@ class StudyConfig(_Section):
         }
     )
     storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
+    # with a PostgreSQL storage: a worker without a heartbeat for this long is dead and its work is redone
+    lease_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     zero_shot: StrictBool = True
 
 

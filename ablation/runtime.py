@@ -31,7 +31,22 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"device: unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device: {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device: {name!r} is not supported (cpu, cuda, cuda:N or auto)")
     return device
+
+
+def deterministic(device: torch.device) -> None:
+    """On CUDA, ask for deterministic kernels, so that a seed repeats there as it does on CPU. cuBLAS reads
+    its workspace setting when it first starts, so this runs before any CUDA work; an operation that has no
+    deterministic kernel warns instead of failing (`make gpu-check` measures whether runs repeat)."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def describe_device(device: torch.device) -> str:

@@ -179,11 +179,26 @@ def token_batch(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
+def device_under_test() -> str:
+    """The device tests train on: ABLATION_TEST_DEVICE (`make gpu-check` sets cuda), else cpu. A device that
+    is asked for but missing fails the tests that use it; nothing skips."""
+    return os.environ.get("ABLATION_TEST_DEVICE", "cpu")
+
+
 def smoke_config(**overrides: object):  # type: ignore[no-untyped-def]
-    """The smoke experiment on the whole fixture corpus, 2 epochs, with `key=value` overrides."""
+    """The smoke experiment on the whole fixture corpus, 2 epochs, on `device_under_test()`, with `key=value`
+    overrides."""
     from ablation.config import load_config
 
-    return load_config(SMOKE, [*FIXTURE, "train.epochs=2", *(f"{k}={v}" for k, v in overrides.items())])
+    return load_config(
+        SMOKE,
+        [
+            *FIXTURE,
+            "train.epochs=2",
+            f"train.device={device_under_test()}",
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ],
+    )
 
 
 def hashed_scorer(q: np.ndarray, c: np.ndarray) -> np.ndarray:

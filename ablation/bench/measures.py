@@ -25,6 +25,7 @@ from ablation.data.tasks import TASKS
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
 from ablation.io import REPO_ROOT
+from ablation.runtime import autocast
 from ablation.training.negatives import mine
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import Trainer, build_model
@@ -42,6 +43,12 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that a timer stops when the work is done rather than queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
@@ -66,15 +73,19 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
 
         def bare(idx: np.ndarray) -> None:
             b = [queries.batch(idx), candidates.batch(idx), candidates.batch(negs[idx])]
-            out = bare_model(*[{k: v.to(trainer.device) for k, v in x.items()} for x in b])
-            loss = trainer.loss_fn(out)["total"]
+            with autocast(trainer.device, cfg.train.precision):  # the same precision as the harness step
+                out = bare_model(*[{k: v.to(trainer.device) for k, v in x.items()} for x in b])
+                loss = trainer.loss_fn(out)["total"]
             bare_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            trainer.scaler.scale(loss).backward()
             if cfg.train.grad_clip is not None:
+                trainer.scaler.unscale_(bare_opt)
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in bare_model.parameters() if p.requires_grad], cfg.train.grad_clip
                 )
-            bare_opt.step()
+            trainer.scaler.step(bare_opt)
+            trainer.scaler.update()
+            _sync(trainer.device)
 
         harness_t, bare_t = [], []
         with tracker.run("bench", "p1", {"role": "bench"}) as rec:
@@ -83,6 +94,7 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
             for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
                 t = time.perf_counter()
                 trainer.train_step(idx, negs, rec)
+                _sync(trainer.device)
                 harness_t.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 bare(idx)
@@ -326,7 +338,7 @@ def prefix_cache_speedup(cfg: ExperimentConfig, data: RunData, rounds: int = 2) 
             for name, trainer in (("cached", cached), ("full", full)):
                 texts = trainer.texts(data.test) if name == "cached" else token_texts(data.pad_id)(data.test)
                 t = time.perf_counter()
-                encode_sides(trainer.model, *texts, cfg.eval.batch_size, trainer.device)
+                encode_sides(trainer.model, *texts, cfg.eval.batch_size, trainer.device, cfg.train.precision)
                 times[f"encode_{name}"] = time.perf_counter() - t
             encoding.append(times["encode_full"] / times["encode_cached"])
     trial_x, encode_x = statistics.median(trial), statistics.median(encoding)

@@ -13,8 +13,14 @@ GOALS: dict[str, str] = {
     "P6": "peak memory of one quick run per arm (reported, no goal)",
     "P7": "the frozen-prefix cache: a quick trial at least 2x faster, encoding the test split at least 2.5x",
     "threads": "workers that split the cores between them (the runner's default) vs each using every core",
+    "tests": "the tests marked `device` pass on the device that `make gpu-check` names",
+    "repeat": "one quick trial trained twice under one seed gives the same losses and validation metrics",
     "index": "the faster neighbour index for mining at the full training split's size",
 }
+
+
+def _yes(r: dict) -> str:
+    return "yes" if r["met"] else "no"
 
 
 def _row(r: dict) -> tuple[str, str, str, str]:
@@ -90,6 +96,16 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"{r['encode_test_speedup']:.2f}× (median of {r['rounds']} alternating rounds)",
             f"{r['trial_speedup']:.2f}× / {r['encode_test_speedup']:.2f}×",
             f"≥ 2× / ≥ 2.5×: {'yes' if r['met'] else 'no'}",
+        )
+    if rid == "tests":
+        return (rid, f"tests marked `device` on {r['device']}: {r['summary']}", f"{r['seconds']:.0f} s", _yes(r))
+    if rid == "repeat":
+        return (
+            rid,
+            f"quick trial twice under one seed ({r['steps']} steps, {r['trial_s'][0]:.0f} s each): max abs Δ loss "
+            f"{r['max_abs_loss_diff']:.3g}; {r['metric']} {r['val_first']} vs {r['val_second']}",
+            "same" if r["met"] else "differs",
+            f"identical: {'yes' if r['met'] else 'no'}",
         )
     if rid == "threads":
         return (

@@ -89,7 +89,9 @@ def _header(runs: StudyRuns, arms: list[str]) -> Section:
             f"model: {model}; device: {device}",
             f"arms: {', '.join(arms)}; seeds: {study.get('seeds', '?')}; "
             f"tuning budget: {study.get('n_trials', '?')} trials per arm "
-            f"on {study.get('objective', '?')}",
+            f"on {study.get('objective', '?')}; trials used: "
+            + ", ".join(f"{arm} {runs.trials_used(arm)}" for arm in arms),
+            _status(runs, arms, study),
             f"packages: {versions or 'not recorded'}",
         ]
     )
@@ -97,6 +99,20 @@ def _header(runs: StudyRuns, arms: list[str]) -> Section:
         yaml.safe_dump(cfg, sort_keys=False) if cfg else "(not recorded: the study did not finish)"
     )
     return s
+
+
+def _status(runs: StudyRuns, arms: list[str], study: dict) -> str:
+    """`status: complete` only when the study run is FINISHED, every arm used its budget and every (arm,
+    seed) has exactly one finished final run; else `status: incomplete`, with what is off."""
+    off = [] if runs.study_run.info.status == "FINISHED" else [f"the study run is {runs.study_run.info.status}"]
+    n_trials = study.get("n_trials")
+    for arm in arms:
+        if n_trials is not None and runs.trials_used(arm) != n_trials:
+            off.append(f"{arm} used {runs.trials_used(arm)} of {n_trials} trials")
+        got = sorted(str(s) for s in runs.finals(arm)["seed"])
+        if got != sorted(str(s) for s in study.get("seeds") or []):
+            off.append(f"{arm} final seeds {got or 'none'}")
+    return "status: complete" if not off and study else "status: incomplete (" + "; ".join(off or ["no config"]) + ")"
 
 
 def _missing(runs: StudyRuns, arms: list[str], seeds: list) -> list[str]:
@@ -148,11 +164,13 @@ def build_report(
         ).p(verdict(comp, arms, mode)),
         _header(runs, arms),
     ]
-    notes = _missing(runs, arms, seeds)
+    notes = _missing(runs, arms, seeds) + runs.warnings
     if notes:
         sections.append(
             Section(
-                "Missing results", "Arms below lack final runs; their rows are absent or rest on fewer seeds."
+                "Missing results and warnings",
+                "What keeps this study from complete, and inconsistencies found in MLflow; rows of arms "
+                "below are absent or rest on fewer seeds.",
             ).items(notes)
         )
     counts = param_table(runs, arms)

@@ -4,11 +4,13 @@ retrained under every seed and tested; a zero-shot run is the reference row.
 MLflow layout (one experiment per study): study run → arm runs → trial and final runs, plus a zero-shot
 run under the study, all tagged with `role`. Resumable: finished work is found and skipped, work left
 behind by a dead process is failed (Optuna) or deleted (MLflow) and redone. Several workers may share a
-study; a lock around "count the budget, ask a trial" keeps each arm at exactly `n_trials`.
+study, on one machine or many (coordination.py); a lock around "count the budget, ask a trial" keeps each
+arm at exactly `n_trials`, and claims give each final seed and the zero-shot run to one worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -24,11 +26,12 @@ from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData
 from ablation.errors import UserError
 from ablation.evaluation.ranking import MODES, metric_names
+from ablation.study.coordination import Coordinator
 from ablation.study.tracked_run import run_tags
-from ablation.study.workers import alive, claim, locked, owner, release
 from ablation.tracking.store import Tracker
 from ablation.training.trainer import NonFiniteLoss, Trainer
 
+POLL_S = 2.0  # how often a worker looks again at work that others hold
 COUNTED = "counted"  # user attr: a failed trial that used budget (non-finite loss), not a crashed worker
 
 
@@ -41,17 +44,25 @@ class StudyContext:
     tracker: Tracker
     experiment: str
     run_dir: Path
-    study_run: str
-    arm_runs: dict[str, str]
+    coord: Coordinator
+    study_run: str = ""
+    arm_runs: dict[str, str] = field(default_factory=dict)
     studies: dict[str, optuna.Study] = field(default_factory=dict)
+    _storage: optuna.storages.BaseStorage | None = None
 
-    def storage(self) -> optuna.storages.BaseStorage | str:
-        if self.cfg.study.storage:
-            return self.cfg.study.storage
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    def storage(self) -> optuna.storages.BaseStorage:
+        """One storage object per process (an RDB storage creates its tables when made: under the lock)."""
+        if self._storage is None:
+            if self.cfg.study.storage:
+                self._storage = optuna.storages.RDBStorage(
+                    self.cfg.study.storage, engine_kwargs={"pool_pre_ping": True}
+                )
+            else:
+                from optuna.storages import JournalStorage
+                from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(str(self.run_dir / "optuna.journal")))
+                self._storage = JournalStorage(JournalFileBackend(str(self.run_dir / "optuna.journal")))
+        return self._storage
 
 
 def check_objective(cfg: ExperimentConfig) -> None:
@@ -98,19 +109,26 @@ def _used(trial: optuna.trial.FrozenTrial) -> bool:
     )
 
 
+def trials_used(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete, pruned, or failed on their own (not a dead worker)."""
+    return sum(_used(t) for t in study.get_trials(deepcopy=False))
+
+
+def _delete_dead_runs(ctx: StudyContext, tags: dict[str, str], roles: tuple[str, ...]) -> None:
+    """Delete MLflow runs (soft: `mlflow gc` or the UI can restore them) that a dead worker left open."""
+    for run in ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name, **tags}, exclude_status="FINISHED"):
+        run_tags = run.data.tags
+        if run_tags.get("role") in roles and run.info.status in ("RUNNING", "KILLED") and not ctx.coord.alive(run_tags):
+            ctx.tracker.delete_run(run.info.run_id)
+
+
 def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
     """Fail trials whose worker died, and delete MLflow runs that a dead worker left open."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not alive(t.user_attrs.get("host"), t.user_attrs.get("pid")):
-            study.tell(t.number, state=TrialState.FAIL)
-    for run in ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name, "arm": arm}, exclude_status="FINISHED"):
-        tags = run.data.tags
-        if (
-            tags.get("role") in ("trial", "final")
-            and run.info.status in ("RUNNING", "KILLED")
-            and not alive(tags.get("host"), tags.get("pid"))
-        ):
-            ctx.tracker.delete_run(run.info.run_id)
+        if not ctx.coord.alive(t.user_attrs):
+            with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                study.tell(t.number, state=TrialState.FAIL)  # unless its owner told it meanwhile
+    _delete_dead_runs(ctx, {"arm": arm}, ("trial", "final"))
 
 
 def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -125,11 +143,9 @@ kills itself with SIGKILL after the first epoch of its next trial, leaving a RUN
 behind exactly as a crash or `kill -9` would."""
 
 
-def _finished_trials_of_this_process(study: optuna.Study) -> int:
-    me = owner()
+def _finished_trials_of_this_process(study: optuna.Study, worker: str) -> int:
     return sum(
-        t.state != TrialState.RUNNING and all(t.user_attrs.get(k) == v for k, v in me.items())
-        for t in study.get_trials(deepcopy=False)
+        t.state != TrialState.RUNNING and t.user_attrs.get("worker") == worker for t in study.get_trials(deepcopy=False)
     )
 
 
@@ -149,14 +165,14 @@ def _train(
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
         if trial is None:
             return
-        if kill_after and _finished_trials_of_this_process(trial.study) >= int(kill_after):
+        if kill_after and _finished_trials_of_this_process(trial.study, ctx.coord.me["worker"]) >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
         trial.report(val[objective], epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
     trainer = Trainer(cfg, ctx.data, on_epoch, run_test=trial is None)
-    all_tags = {**run_tags(cfg, ctx.data), **owner(), "study": ctx.cfg.study.name, **tags}
+    all_tags = {**run_tags(cfg, ctx.data), **ctx.coord.me, "study": ctx.cfg.study.name, **tags}
     pruned = False
     with ctx.tracker.run(ctx.experiment, name, all_tags, parent) as rec:
         try:
@@ -175,13 +191,13 @@ def tune_arm(ctx: StudyContext, arm: str) -> None:
     study = optuna_study(ctx, arm)
     base = replace_path(replace_path(ctx.cfg, "model.sharing", arm), "seed", ctx.cfg.study.tuning_seed)
     while True:
-        with locked(ctx.run_dir / "study.lock"):
+        with ctx.coord.lock():
             _clean_stale(ctx, study, arm)
             trials = study.get_trials(deepcopy=False)
             if sum(_used(t) or t.state == TrialState.RUNNING for t in trials) >= ctx.cfg.study.n_trials:
                 return
             trial = study.ask()
-            for k, v in owner().items():
+            for k, v in ctx.coord.me.items():
                 trial.set_user_attr(k, v)
         cfg = _sample(trial, base)
         try:
@@ -194,40 +210,71 @@ def tune_arm(ctx: StudyContext, arm: str) -> None:
                 trial,
             )
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            _tell(study, trial, state=TrialState.PRUNED)
             continue
         except NonFiniteLoss as exc:
             trial.set_user_attr(COUNTED, True)
             trial.set_user_attr("failure", str(exc))
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             continue
         if value is None or not math.isfinite(value):
             trial.set_user_attr(COUNTED, True)
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
         else:
-            study.tell(trial, value)
+            _tell(study, trial, value)
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, value: float | None = None, **kw: TrialState) -> None:
+    """Tell a trial's outcome, unless another worker already failed it (this one lost its lease meanwhile):
+    then the outcome is dropped with a warning, and the budget is filled by a retry."""
+    try:
+        study.tell(trial, value, **kw)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        print(
+            f"warning: trial {trial.number} was failed by another worker ({exc}); its result is dropped",
+            file=sys.stderr,
+        )
 
 
 def _wait_for_tuning(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
     while True:
-        with locked(ctx.run_dir / "study.lock"):
+        with ctx.coord.lock():
             _clean_stale(ctx, study, arm)
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return
-        time.sleep(2)
+        time.sleep(POLL_S)
 
 
 def best_config(ctx: StudyContext, arm: str) -> tuple[ExperimentConfig, dict[str, float]]:
     """The arm's config with its best trial's parameters (the defaults when no trial completed)."""
     study = optuna_study(ctx, arm)
-    _wait_for_tuning(ctx, study, arm)
+    while True:  # a trial whose worker died while we waited is failed, and its budget is filled again
+        tune_arm(ctx, arm)
+        _wait_for_tuning(ctx, study, arm)
+        if trials_used(study) >= ctx.cfg.study.n_trials:
+            break
+    params = best_params(study)
     cfg = replace_path(ctx.cfg, "model.sharing", arm)
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return cfg, {}
-    params = study.best_trial.params
     for key, value in params.items():
         cfg = replace_path(cfg, key, value)
     return cfg, params
+
+
+def best_params(study: optuna.Study) -> dict[str, float]:
+    """The best complete trial's parameters, as they stand (empty when no trial completed)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return {}
+    return study.best_trial.params
+
+
+def _settled(ctx: StudyContext, arm: str, seed: int) -> bool:
+    """Whether the final run of (arm, seed) is done: FINISHED, or FAILED on a non-finite loss (retraining
+    the same seed would fail the same way)."""
+    wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
+    runs = ctx.tracker.search(ctx.experiment, wanted, exclude_status="RUNNING")
+    return any(
+        r.info.status == "FINISHED" or r.data.tags.get("failure", "").startswith(NonFiniteLoss.__name__) for r in runs
+    )
 
 
 def _finished(ctx: StudyContext, role: str, **tags: str) -> bool:
@@ -240,18 +287,18 @@ def final_runs(ctx: StudyContext, arm: str) -> None:
     cfg, params = best_config(ctx, arm)
     for seed in ctx.cfg.study.seeds:
         name = f"final-{arm}-seed{seed}"
-        if _finished(ctx, "final", arm=arm, seed=str(seed)) or not claim(ctx.run_dir / "claims", name):
+        if _settled(ctx, arm, seed) or not ctx.coord.claim(name):
             continue
         try:
-            if not _finished(ctx, "final", arm=arm, seed=str(seed)):
-                with locked(ctx.run_dir / "study.lock"):
+            if not _settled(ctx, arm, seed):
+                with ctx.coord.lock():
                     _clean_stale(ctx, optuna_study(ctx, arm), arm)
                 tags = {"role": "final", **{f"best.{k}": f"{v:.6g}" for k, v in params.items()}}
                 _train(ctx, replace_path(cfg, "seed", seed), f"{arm}-seed{seed}", tags, ctx.arm_runs[arm])
         except NonFiniteLoss as exc:  # the run is FAILED with the reason; the study goes on
             print(f"warning: final run {arm} seed {seed} failed: {exc}", file=sys.stderr)
         finally:
-            release(ctx.run_dir / "claims", name)
+            ctx.coord.release(name)
 
 
 def zero_shot_run(ctx: StudyContext) -> None:
@@ -259,13 +306,16 @@ def zero_shot_run(ctx: StudyContext) -> None:
     from ablation.evaluation.zeroshot import ZeroShot
     from ablation.runtime import describe_device, resolve_device
 
-    if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not claim(ctx.run_dir / "claims", "zero-shot"):
+    if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not ctx.coord.claim("zero-shot"):
         return
     try:
+        if _finished(ctx, "zero-shot"):  # finished between the look and the claim
+            return
+        _delete_dead_runs(ctx, {"role": "zero-shot"}, ("zero-shot",))
         device = resolve_device(ctx.cfg.train.device)
         tags = {
             **run_tags(ctx.cfg, ctx.data),
-            **owner(),
+            **ctx.coord.me,
             "study": ctx.cfg.study.name,
             "role": "zero-shot",
             "arm": "zero-shot",
@@ -280,4 +330,41 @@ def zero_shot_run(ctx: StudyContext) -> None:
             rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
             rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
     finally:
-        release(ctx.run_dir / "claims", "zero-shot")
+        ctx.coord.release("zero-shot")
+
+
+def open_work(ctx: StudyContext) -> list[str]:
+    """Work items that no worker has settled yet: the zero-shot run, each arm's budget, each final seed."""
+    items = ["the zero-shot run"] if ctx.cfg.study.zero_shot and not _finished(ctx, "zero-shot") else []
+    for arm in ctx.cfg.study.arms:
+        used = trials_used(optuna_study(ctx, arm))
+        if used < ctx.cfg.study.n_trials:
+            items.append(f"{arm}: {used} of {ctx.cfg.study.n_trials} trials")
+        items += [f"{arm} seed {seed}: no final run" for seed in ctx.cfg.study.seeds if not _settled(ctx, arm, seed)]
+    return items
+
+
+def missing(ctx: StudyContext) -> list[str]:
+    """What keeps the study from complete: open work, and any (arm, seed) without exactly one FINISHED
+    final run (a final run that failed on a non-finite loss stays missing)."""
+    items = open_work(ctx)
+    for arm in ctx.cfg.study.arms:
+        for seed in ctx.cfg.study.seeds:
+            wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
+            n = len(ctx.tracker.search(ctx.experiment, wanted, status="FINISHED"))
+            if n != 1 and f"{arm} seed {seed}: no final run" not in items:
+                items.append(f"{arm} seed {seed}: {n} finished final runs")
+    return items
+
+
+def mark_duplicate_finals(ctx: StudyContext) -> list[str]:
+    """Where an (arm, seed) has more than one FINISHED final run (a worker that lost its lease but went on),
+    keep the oldest as the final run and retag the others `role=duplicate-final`: kept, never counted."""
+    notes = []
+    for arm in ctx.cfg.study.arms:
+        for seed in ctx.cfg.study.seeds:
+            wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
+            for run in ctx.tracker.search(ctx.experiment, wanted, status="FINISHED")[1:]:
+                ctx.tracker.set_tags(run.info.run_id, {"role": "duplicate-final"})
+                notes.append(f"warning: {arm} seed {seed}: run {run.info.run_id} duplicates the final run; retagged")
+    return notes

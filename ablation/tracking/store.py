@@ -70,8 +70,24 @@ class Tracker:
     """One MLflow store: experiments by name, runs created and searched."""
 
     def __init__(self, uri: str) -> None:
+        """Open the store. MLflow creates and migrates a fresh sqlite file when the client is made, and two
+        processes doing that at once leave it broken, so for sqlite that happens under a lock file beside it."""
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        if uri.startswith("sqlite:///"):
+            from filelock import FileLock
+
+            with FileLock(f"{uri[len('sqlite:///') :]}.lock"):
+                self.client = MlflowClient(tracking_uri=uri)
+        else:
+            self.client = MlflowClient(tracking_uri=uri)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def resume(self, run_id: str) -> None:
+        """Mark a run that was ended (KILLED by Ctrl-C, say) RUNNING again, as a resumed study is."""
+        if self.status(run_id) in ("KILLED", "FAILED"):
+            self.client.update_run(run_id, status="RUNNING")
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name`, created (with artifacts next to a SQLite store) if missing."""
@@ -227,9 +243,16 @@ class RunRecorder:
         try:
             self.flush()
         finally:
-            if reason:
-                self.client.set_tag(self.run_id, "failure", reason[:5000])
-            self.client.set_terminated(self.run_id, status)
+            for attempt in range(5):  # a store busy with other workers ending their runs: try again
+                try:
+                    if reason:
+                        self.client.set_tag(self.run_id, "failure", reason[:5000])
+                    self.client.set_terminated(self.run_id, status)
+                    break
+                except MlflowException:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
 
 
 def package_versions() -> dict[str, str]:

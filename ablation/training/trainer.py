@@ -28,7 +28,7 @@ from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
 from ablation.evaluation.trained import SideTexts, TrainedEvaluator, encode_sides, token_texts
 from ablation.io import REPO_ROOT
-from ablation.runtime import autocast, describe_device, resolve_device, seed_everything
+from ablation.runtime import autocast, describe_device, deterministic, resolve_device, seed_everything
 from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.training.negatives import Forbidden, mine, random_rates
 from ablation.training.recorder import Recorder
@@ -109,6 +109,7 @@ class Trainer:
         self.data = data
         self.on_epoch = on_epoch
         self.device = resolve_device(cfg.train.device)
+        deterministic(self.device)
         seed_everything(cfg.seed)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])

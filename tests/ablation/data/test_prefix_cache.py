@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ablation.data.prefix_cache import PrefixStore, split_texts
 from ablation.data.run_data import RunData, load_run_data
@@ -14,6 +13,8 @@ from ablation.evaluation.trained import encode_sides, token_texts
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import Trainer
 from tests.conftest import smoke_config
+
+pytestmark = pytest.mark.device  # make gpu-check runs these on CUDA
 
 FROZEN = {"model.freeze_embeddings": "true", "model.freeze_layers": 1}
 
@@ -29,8 +30,8 @@ def _config(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def
 
 def test_encodings_through_the_cache_equal_the_full_encoder(data: RunData, tmp_path: Path) -> None:
     trainer = Trainer(_config(tmp_path), data)
-    cached = encode_sides(trainer.model, *trainer.texts(data.val), 16, torch.device("cpu"))
-    full = encode_sides(trainer.model, *token_texts(data.pad_id)(data.val), 16, torch.device("cpu"))
+    cached = encode_sides(trainer.model, *trainer.texts(data.val), 16, trainer.device)
+    full = encode_sides(trainer.model, *token_texts(data.pad_id)(data.val), 16, trainer.device)
     for side_cached, side_full in zip(cached, full, strict=True):
         for key in ("pool", "proj"):
             np.testing.assert_allclose(side_cached[key], side_full[key], rtol=0, atol=2e-3)  # float16 storage
@@ -67,13 +68,13 @@ def test_a_store_is_built_once_and_a_killed_build_leaves_nothing(data: RunData, 
 
     tower.prefix = crash  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
-        PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+        PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, trainer.device)
     assert not list(folder.glob("*.npy"))  # no half file, under its name or a temporary one
     tower.prefix = real  # type: ignore[method-assign]
-    store = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+    store = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, trainer.device)
     built = store.path.stat().st_mtime_ns
     tower.prefix = crash  # a finished store is read, never rebuilt
-    again = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, torch.device("cpu"))
+    again = PrefixStore.build_or_load(folder, tower, tokens, data.pad_id, 8, trainer.device)
     assert again.path == store.path and again.path.stat().st_mtime_ns == built
     queries, candidates = split_texts(store, data.val.split.n)
     assert candidates.lengths.tolist() == [len(t) for t in tokens]

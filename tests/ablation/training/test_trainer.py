@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData, load_run_data
@@ -14,6 +13,8 @@ from ablation.training import trainer as trainer_module
 from ablation.training.recorder import MemoryRecorder
 from ablation.training.trainer import NonFiniteLoss, Trainer
 from tests.conftest import smoke_config
+
+pytestmark = pytest.mark.device  # make gpu-check runs these on CUDA
 
 
 @pytest.fixture()
@@ -154,7 +155,8 @@ def test_pca_head_starts_where_the_pooled_vectors_are(data: RunData) -> None:
     from ablation.evaluation.trained import encode_sides, token_texts
 
     cfg = smoke_config(**{"model.proj_dim": 32, "train.epochs": 1})
-    q, c = encode_sides(Trainer(cfg, data).model, *token_texts(data.pad_id)(data.val), 32, torch.device("cpu"))
+    trainer = Trainer(cfg, data)
+    q, c = encode_sides(trainer.model, *token_texts(data.pad_id)(data.val), 32, trainer.device)
     pooled = evaluate_scores(data.val.split, score_matrix(q["pool"], c["pool"], "l2")).metrics
     _, rec = _fit(cfg, data)
     for key in ("retrieval/acc_at_1/mean", "retrieval/mrr/epa", "retrieval/acc_at_1/sdoc"):

@@ -1,0 +1,167 @@
+"""Every bad input to a study is stopped before anything is written: one `error:` line, exit code 2, and no
+MLflow store, no run, no run folder and no Optuna journal left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablation.cli import main
+from ablation.errors import UserError
+from ablation.study import preflight
+from ablation.tracking.services import free_port
+from tests.conftest import FIXTURE, REPO, SMOKE
+
+CASES = [
+    (["--set", "train.lr=[1,"], "train.lr"),
+    (["--set", "negatives.random_rate=.nan"], "random_rate"),
+    (["--set", "seed=-1"], "seed"),
+    (["--set", "study.tuning_seed=-3"], "tuning_seed"),
+    (["--set", "study.search_space={train.epochs: {low: 1, high: 3}}"], "train.epochs"),
+    (["--set", "study.search_space={negatives.random_rate: {low: 0, high: 1, log: true}}"], "log"),
+    (["--set", 'study.name=it\'s "both"'], "study.name"),
+    (["--set", "train.device=cuda:99"], "cuda:99"),
+    (["--set", "study.storage=redis://127.0.0.1/0"], "unknown scheme 'redis'"),
+    (["--set", "study.storage=postgresql://nobody@127.0.0.1:{port}/none"], "cannot connect"),
+    (["--set", "study.lease_s=0"], "lease_s"),
+    (["--workers", "0"], "--workers: must be at least 1"),
+    (["--tracking-uri", "ftp://127.0.0.1/store"], "unknown scheme 'ftp'"),
+    (["--tracking-uri", "http://127.0.0.1:{port}"], "does not answer"),
+    (["--tracking-uri", "sqlite:///{tmp}/blocker/mlflow.db"], "is a file"),
+    (["--tracking-uri", "sqlite:///{tmp}/folder"], "is a folder"),
+    (["--run-dir", "{tmp}/blocker/run"], "is a file"),
+    (["--run-dir", "{tmp}/blocker"], "is a file"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), CASES, ids=[c[1] for c in CASES])
+def test_bad_run_input_stops_before_anything_is_written(
+    corpus: Path, tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    (tmp_path / "folder").mkdir()
+    port = free_port()  # nothing listens there
+    extra = [a.replace("{tmp}", str(tmp_path)).replace("{port}", str(port)) for a in extra]
+    defaults = {"--tracking-uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "--run-dir": str(tmp_path / "run")}
+    args = ["run", "--config", str(SMOKE), "--corpus", str(corpus), *[a for s in FIXTURE for a in ("--set", s)]]
+    args += [a for k, v in defaults.items() if k not in extra for a in (k, v)] + extra
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no run folder, no journal
+    assert not list((tmp_path / "folder").iterdir())
+
+
+def test_evaluate_batch_size_zero_is_one_error_line(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--zero-shot", "--corpus", str(corpus), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--batch-size: must be at least 1" in err and "\n" not in err
+
+
+def test_a_read_only_run_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root every folder is writable, so the check is shown with access(2) answering as for a user."""
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(UserError, match="is not writable"):
+        preflight.check_run_folder(tmp_path / "run")
+    preflight.check_run_folder(tmp_path.parent / "elsewhere")  # a writable ancestor passes
+
+
+def test_processes_starting_at_once_on_a_fresh_sqlite_store_all_succeed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys; from ablation.tracking.store import Tracker; t = Tracker(sys.argv[1]); "
+        "print(t.experiment_id('race'))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, uri], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err.decode()[-1500:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one experiment, found by all
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _start_two_workers(corpus: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        *(sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus), "--workers", "2"),
+        *("--tracking-uri", uri, "--run-dir", str(tmp_path / "run"), "--no-report"),
+        *[a for s in [*FIXTURE, "train.epochs=30"] for a in ("--set", s)],
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, uri
+
+
+def _statuses(uri: str) -> dict[str, list[str]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get("role", "?"), []).append(r.info.status)
+    return out
+
+
+def _wait_for_trials(proc: subprocess.Popen, uri: str, n: int = 2) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while _statuses(uri).get("trial", []).count("RUNNING") < n:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_ends_every_run_killed_and_leaks_nothing(corpus: Path, tmp_path: Path) -> None:
+    import signal
+
+    proc, uri = _start_two_workers(corpus, tmp_path)
+    _wait_for_trials(proc, uri)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    statuses = _statuses(uri)
+    assert all("RUNNING" not in s for s in statuses.values()), statuses
+    assert statuses["trial"].count("KILLED") == 2 and statuses["study"] == ["KILLED"]
+    assert "leaked semaphore" not in err and "Traceback" not in err, err[-2000:]
+    assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.slow
+def test_workers_die_with_their_parent(corpus: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc, uri = _start_two_workers(corpus, tmp_path)
+    _wait_for_trials(proc, uri)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)  # the workers' stderr too: they hold the pipe until they exit
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in workers)
+    statuses = _statuses(uri)
+    assert statuses["trial"].count("KILLED") == 2, (statuses, err[-3000:])  # each worker ended its run
