@@ -9,6 +9,7 @@ ARGS ?=
 DEVICE ?= cuda
 STUDY ?= quick
 PORT ?= 5000
+DASH_PORT ?= 8080
 # The corpus: ARGUANA_DIR if set, else the shared copy beside the repo when present, else data/.
 ARGUANA_DIR ?= $(if $(wildcard ../shared/data/arguana-counterargs),$(abspath ../shared/data/arguana-counterargs),$(CURDIR)/data/arguana-counterargs)
 export ARGUANA_DIR
@@ -16,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-fast ablation smoke report ui bench gpu-check services data-stats zero-shot clean
+.PHONY: help install lint format test test-fast ablation smoke report ui bench gpu-check services dashboard data-stats zero-shot clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,10 +55,14 @@ report: $(VENV)/.installed ## rebuild reports/STUDY from MLflow (STUDY=quick)
 	$(PY) -m ablation report --study $(STUDY)
 
 ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the same store (MLFLOW_TRACKING_URI or mlflow.db)
+	@echo "open http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI traces without it)"
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(PORT)
 
 bench: $(VENV)/.installed ## speed/memory benchmark → reports/bench/bench.json
 	$(PY) -m ablation bench
+
+dashboard: $(VENV)/.installed ## optuna-dashboard on 127.0.0.1:$(DASH_PORT) over EXPERIMENT's tuning storage (ARGS for --set)
+	$(PY) -m ablation dashboard --config $(EXPERIMENT) --port $(DASH_PORT) $(ARGS)
 
 services: $(VENV)/.installed ## PostgreSQL (127.0.0.1:55432) + mlflow server (127.0.0.1:$(PORT)) in .services/ until Ctrl-C
 	$(PY) -m ablation services --port $(PORT)

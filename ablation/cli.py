@@ -211,6 +211,30 @@ def _cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ablation.config import load_config
+    from ablation.io import REPO_ROOT
+    from ablation.study.preflight import check_storage
+
+    cfg = load_config(args.config, args.set or [])
+    storage = cfg.study.storage
+    if storage is None:
+        journal = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / cfg.study.name
+        journal = journal / "optuna.journal"
+        if not journal.is_file():
+            raise UserError(f"dashboard: no Optuna journal at {journal} (run the study first, or set study.storage)")
+        storage = str(journal)
+    else:
+        check_storage(storage)
+    from optuna_dashboard import run_server
+
+    print(f"optuna-dashboard: http://127.0.0.1:{args.port} over {storage} (Ctrl-C stops)", flush=True)
+    run_server(storage, host="127.0.0.1", port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="ablation", description=__doc__)
@@ -273,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--out", default=None, help="JSON path (default reports/gpu-check/gpu-check.json)")
     commands["gpu-check"] = _cmd_gpu_check
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard over a study's storage (journal file or database)")
+    p.add_argument("--config", required=True, help="the study's experiment YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. study.storage=...")
+    p.add_argument("--run-dir", help="the study's run folder (default runs/<study>)")
+    p.add_argument("--port", type=_positive, default=8080)
+    commands["dashboard"] = _cmd_dashboard
 
     p = sub.add_parser("services", help="a local PostgreSQL and mlflow server for the team setup (Ctrl-C stops)")
     p.add_argument("--dir", default=".services", help="where the cluster, artifacts and logs live")

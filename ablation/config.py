@@ -110,6 +110,8 @@ class TrackingConfig(_Section):
 
     uri: str | None = None
     experiment: str | None = None  # default: the study name
+    system_metrics: StrictBool = True  # CPU, memory (and GPU) of training runs, sampled by MLflow
+    system_metrics_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
 
 
 class SearchParam(_Section):

@@ -53,6 +53,7 @@ def _sync(device: torch.device) -> None:
 
 def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
     """P1: `Trainer.train_step` (recording to MLflow) vs a bare forward/backward/step on the same batches."""
+    from ablation.study.tracked_run import system_metrics_s
     from ablation.tracking.store import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +89,8 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
             _sync(trainer.device)
 
         harness_t, bare_t = [], []
-        with tracker.run("bench", "p1", {"role": "bench"}) as rec:
+        # as a study runs it: with MLflow's system metrics sampled beside the steps, when the config has them
+        with tracker.run("bench", "p1", {"role": "bench"}, system_metrics_s=system_metrics_s(cfg)) as rec:
             trainer.train_step(batches[0], negs, rec)  # warm-up both
             bare(batches[0])
             for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
@@ -114,6 +116,7 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
         "goal": "<= 1.05",
         "met": ratio <= 1.05,
         "grad_cosine_every": cfg.train.grad_cosine_every,
+        "system_metrics_s": system_metrics_s(cfg),
     }
 
 

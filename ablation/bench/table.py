@@ -29,7 +29,8 @@ def _row(r: dict) -> tuple[str, str, str, str]:
     if rid == "P1":
         return (
             rid,
-            f"{r['arm']} step: harness {r['harness_step_s']:.3f} s vs bare {r['bare_step_s']:.3f} s",
+            f"{r['arm']} step: harness {r['harness_step_s']:.3f} s vs bare {r['bare_step_s']:.3f} s"
+            + (f" (system metrics every {r['system_metrics_s']:g} s)" if r.get("system_metrics_s") else ""),
             f"{r['ratio']:.3f}×",
             f"≤ 1.05: {'yes' if r['met'] else 'no'}",
         )

@@ -16,6 +16,7 @@ from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.figures import report_figures
 from ablation.report.findings import comparison_section, tuning_section, verdict, zero_shot_section
+from ablation.report.publish import publish
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
 from ablation.report.tables import against_zero_shot, comparisons, headline, headline_metrics, param_table, summary
@@ -148,6 +149,7 @@ def build_report(
     table = summary(runs, arms, rerank_k)
     comp = comparisons(runs, arms)
     zs = against_zero_shot(runs, arms)
+    publish(uri, runs, arms, comp)
     figures = report_figures(runs, arms, objective, cfg_study.get("direction", "maximize") == "maximize")
     images = {}
     for name, fig in figures.items():

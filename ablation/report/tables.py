@@ -43,6 +43,11 @@ COUNT_KEYS = [
 ]
 
 
+def seed_stats(values: np.ndarray) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one seed) and count of one metric over seeds."""
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
 def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFrame:
     """Long table: arm, slice, mode, metric, task, mean, std, n_seeds — every headline number of the report."""
     rows = []
@@ -59,6 +64,7 @@ def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFram
                     values = frame[col].dropna().to_numpy() if col in frame else np.array([])
                     if len(values) == 0:
                         continue
+                    mean, std, n = seed_stats(values)
                     rows.append(
                         {
                             "arm": arm,
@@ -66,9 +72,9 @@ def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFram
                             "mode": mode,
                             "metric": metric,
                             "task": task,
-                            "mean": float(values.mean()),
-                            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                            "n_seeds": len(values),
+                            "mean": mean,
+                            "std": std,
+                            "n_seeds": n,
                         }
                     )
     return pd.DataFrame(rows, columns=["arm", "slice", "mode", "metric", "task", "mean", "std", "n_seeds"])

@@ -25,6 +25,8 @@ from ablation.errors import UserError
 from ablation.io import REPO_ROOT
 from ablation.study.coordination import coordinator_for
 from ablation.study.preflight import preflight
+from ablation.study.progress import Progress
+from ablation.study.tracked_run import describe
 from ablation.study.tuning import (
     POLL_S,
     StudyContext,
@@ -35,12 +37,13 @@ from ablation.study.tuning import (
     missing,
     open_work,
     optuna_study,
+    runs_done,
     trials_used,
     tune_arm,
     zero_shot_run,
 )
 from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
-from ablation.tracking.store import Tracker, git_commit, package_versions, resolve_tracking_uri
+from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
 
 
 class StudyIncomplete(RuntimeError):
@@ -58,19 +61,29 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
     folder.mkdir(parents=True, exist_ok=True)
     coord = coordinator_for(cfg.study.storage, cfg.study.name, folder, cfg.study.lease_s)
     ctx = StudyContext(cfg, data, tracker, experiment, folder, coord)
+    s = cfg.study
+    ctx.progress = Progress(
+        s.objective, int(s.zero_shot) + len(s.arms) * (s.n_trials + len(s.seeds)), lambda: runs_done(ctx)
+    )
     name = cfg.study.name
     with coord.lock():
         for arm in cfg.study.arms:
             optuna_study(ctx, arm)
         ctx.study_run = tracker.find_or_create_run(experiment, name, {"study": name, "role": "study"})
+        # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
+        # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
         ctx.arm_runs = {
-            arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm}, ctx.study_run)
+            arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm})
             for arm in cfg.study.arms
         }
         for run in (ctx.study_run, *ctx.arm_runs.values()):
             tracker.resume(run)  # a study interrupted before is RUNNING again
-        tags = {"git_commit": git_commit(), "corpus_digest": data.digest, **package_versions()}
+        note = f"Study {name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
+        note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
+        tags = {"git_commit": git_commit(), "corpus_digest": data.digest, NOTE_TAG: note, **package_versions()}
         tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
+        for arm, run in ctx.arm_runs.items():
+            tracker.set_tags(run, {NOTE_TAG: describe("arm", arm)})
     return ctx
 
 

@@ -27,8 +27,9 @@ from ablation.data.run_data import RunData
 from ablation.errors import UserError
 from ablation.evaluation.ranking import MODES, metric_names
 from ablation.study.coordination import Coordinator
-from ablation.study.tracked_run import run_tags
-from ablation.tracking.store import Tracker
+from ablation.study.progress import Progress
+from ablation.study.tracked_run import describe, run_tags, system_metrics_s
+from ablation.tracking.store import NOTE_TAG, Tracker
 from ablation.training.trainer import NonFiniteLoss, Trainer
 
 POLL_S = 2.0  # how often a worker looks again at work that others hold
@@ -48,6 +49,7 @@ class StudyContext:
     study_run: str = ""
     arm_runs: dict[str, str] = field(default_factory=dict)
     studies: dict[str, optuna.Study] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
     _storage: optuna.storages.BaseStorage | None = None
 
     def storage(self) -> optuna.storages.BaseStorage:
@@ -173,17 +175,25 @@ def _train(
 
     trainer = Trainer(cfg, ctx.data, on_epoch, run_test=trial is None)
     all_tags = {**run_tags(cfg, ctx.data), **ctx.coord.me, "study": ctx.cfg.study.name, **tags}
+    role = tags["role"]
+    params = dict(trial.params) if trial is not None else {k[5:]: float(v) for k, v in tags.items() if k[:5] == "best."}
+    what = {"trial": f"trial {tags.get('trial')}"} if trial is not None else {}
+    all_tags[NOTE_TAG] = describe(role, cfg.model.sharing, cfg.seed, params, **what)
     pruned = False
-    with ctx.tracker.run(ctx.experiment, name, all_tags, parent) as rec:
+    start = time.monotonic()
+    with ctx.tracker.run(ctx.experiment, name, all_tags, parent, system_metrics_s(cfg)) as rec:
         try:
             trainer.fit(rec)
             rec.set_tags({"state": "complete"})
         except optuna.TrialPruned:  # a normal outcome: the run ends FINISHED, tagged pruned
             rec.set_tags({"state": "pruned"})
             pruned = True
+    value = trainer.result.val_history[-1][objective] if trainer.result.val_history else None
+    label = str(tags.get("trial")) if trial is not None else f"seed {cfg.seed}"
+    ctx.progress.run_done(cfg.model.sharing, role, label, value, time.monotonic() - start, pruned)
     if pruned:
         raise optuna.TrialPruned()
-    return trainer.result.val_history[-1][objective] if trainer.result.val_history else None
+    return value
 
 
 def tune_arm(ctx: StudyContext, arm: str) -> None:
@@ -320,15 +330,20 @@ def zero_shot_run(ctx: StudyContext) -> None:
             "role": "zero-shot",
             "arm": "zero-shot",
             "device": describe_device(device),
+            NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
         }
+        start = time.monotonic()
         model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
-        with ctx.tracker.run(ctx.experiment, "zero-shot", tags, ctx.study_run) as rec:
+        with ctx.tracker.run(ctx.experiment, "zero-shot", tags) as rec:  # top level, beside the arm runs
             ks = ctx.cfg.eval.ks
             val = model.evaluate(ctx.data.val, ctx.cfg.eval.val_tasks, ks)
             res = model.evaluate(ctx.data.test, ks=ks)
             rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
             rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
             rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
+        objective = ctx.cfg.study.objective
+        value = val.metrics.get(objective.removeprefix("val/"))
+        ctx.progress.run_done("zero-shot", "zero-shot", "", value, time.monotonic() - start)
     finally:
         ctx.coord.release("zero-shot")
 
@@ -368,3 +383,13 @@ def mark_duplicate_finals(ctx: StudyContext) -> list[str]:
                 ctx.tracker.set_tags(run.info.run_id, {"role": "duplicate-final"})
                 notes.append(f"warning: {arm} seed {seed}: run {run.info.run_id} duplicates the final run; retagged")
     return notes
+
+
+def runs_done(ctx: StudyContext) -> int:
+    """Runs of the study that ended on their own (FINISHED, or FAILED on a non-finite loss), by any worker."""
+    runs = ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name}, exclude_status="RUNNING")
+    return sum(
+        r.data.tags.get("role") in ("trial", "final", "zero-shot")
+        and (r.info.status == "FINISHED" or r.data.tags.get("failure", "").startswith(NonFiniteLoss.__name__))
+        for r in runs
+    )

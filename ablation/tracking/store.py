@@ -8,6 +8,7 @@ written in batches so per-step recording costs little.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import subprocess
@@ -23,6 +24,9 @@ from mlflow.tracking import MlflowClient
 from ablation.io import REPO_ROOT
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+# MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(cli: str | None = None, config: str | None = None) -> str:
@@ -73,6 +77,7 @@ class Tracker:
         """Open the store. MLflow creates and migrates a fresh sqlite file when the client is made, and two
         processes doing that at once leave it broken, so for sqlite that happens under a lock file beside it."""
         self.uri = uri
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per run start/stop
         if uri.startswith("sqlite:///"):
             from filelock import FileLock
 
@@ -93,9 +98,14 @@ class Tracker:
         """The id of experiment `name`, created (with artifacts next to a SQLite store) if missing."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            for key, value in EXPERIMENT_KIND.items():
+                if exp.tags.get(key) != value:  # made by an older version of the harness
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
+            return self.client.create_experiment(
+                name, artifact_location=artifact_location(self.uri), tags=EXPERIMENT_KIND
+            )
         except MlflowException:  # another worker created it first
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -176,15 +186,36 @@ class Tracker:
         """(step, value) of every logged value of one metric."""
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log finite `metrics` at `step` to a run (also a finished one: aggregates are added afterwards)."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
     @contextlib.contextmanager
-    def run(self, experiment: str, name: str, tags: dict[str, Any], parent: str | None = None) -> Iterator[RunRecorder]:
-        """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
+    def run(
+        self,
+        experiment: str,
+        name: str,
+        tags: dict[str, Any],
+        parent: str | None = None,
+        system_metrics_s: float | None = None,
+    ) -> Iterator[RunRecorder]:
+        """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise. With
+        `system_metrics_s`, MLflow samples CPU, memory (and GPU) every that many seconds while it runs."""
         all_tags = {k: str(v) for k, v in tags.items()}
         if parent:
             all_tags[PARENT_TAG] = parent
         run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=all_tags)
         recorder = RunRecorder(self.client, run.info.run_id)
+        monitor = None
         try:
+            if system_metrics_s:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                monitor = SystemMetricsMonitor(run.info.run_id, system_metrics_s, tracking_uri=self.uri)
+                monitor.start()
             yield recorder
         except KeyboardInterrupt:
             recorder.end("KILLED", "interrupted")
@@ -192,6 +223,9 @@ class Tracker:
         except BaseException as exc:
             recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if monitor is not None:
+                monitor.finish()
         recorder.end("FINISHED")
 
 

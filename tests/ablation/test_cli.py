@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablation.cli import main
+from tests.conftest import SMOKE, SmokeStudy
 
 
 def test_data_stats_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,3 +113,35 @@ def test_make_help_lists_every_target() -> None:
     phony = next(line for line in (repo / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
     for target in phony.split(":", 1)[1].split():
         assert target in out, target
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_tuning_of_a_study(smoke_study: SmokeStudy) -> None:
+    import time
+    import urllib.request
+
+    from ablation.tracking.services import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "ablation", "dashboard", "--config", str(SMOKE), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--run-dir", str(smoke_study.root / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    studies = json.loads(answer.read())["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "optuna-dashboard did not start"
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert {s["study_name"] for s in studies} == {"smoke-shared", "smoke-unshared"}
+
+
+def test_dashboard_without_a_journal_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", "--config", str(SMOKE), "--run-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: dashboard: no Optuna journal") and "\n" not in err

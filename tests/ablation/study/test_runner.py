@@ -37,7 +37,8 @@ def _check_totals(
     study_run = next(r for r in runs if r.data.tags["role"] == "study").info.run_id
     for arm in arms:
         arm_run = next(r for r in runs if r.data.tags["role"] == "arm" and r.data.tags["arm"] == arm)
-        assert arm_run.data.tags["mlflow.parentRunId"] == study_run
+        assert "mlflow.parentRunId" not in arm_run.data.tags  # top level in the UI, beside the study run
+        assert arm_run.data.tags["study"] == by_id[study_run].data.tags["study"]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arm_run.info.run_id]
         trials = [r for r in children if r.data.tags["role"] == "trial"]
         finals = [r for r in children if r.data.tags["role"] == "final"]
@@ -91,6 +92,10 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
     assert any(r.info.status == "RUNNING" for r in _runs(uri))  # the kill left work behind
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+    progress = [line for line in again.stderr.splitlines() if line.startswith("[progress] ")]
+    assert len(progress) == 9  # one line per run this process finished (1 of 10 was done before the kill)
+    assert "unshared final seed 2: val/retrieval/acc_at_1/mean 0." in progress[-1]
+    assert "10 of 10 runs done, 0 left" in progress[-1]  # counted across processes, from MLflow
     _check_totals(uri, 3, 2)
 
 

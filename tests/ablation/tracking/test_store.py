@@ -100,3 +100,18 @@ def test_searches_quote_tag_values(tmp_path: Path) -> None:
         assert [r.data.tags["study"] for r in found] == [study]
     assert tracker.search("no such experiment", {"study": "it"}) == []
     assert len(tracker.search(None, {"role": "study"})) == 4
+
+
+def test_system_metrics_are_sampled_while_a_run_lasts_and_off_when_asked(tmp_path: Path) -> None:
+    import time
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("sys", "on", {"role": "test"}, system_metrics_s=0.2) as rec:
+        time.sleep(1.5)
+    with tracker.run("sys", "off", {"role": "test"}) as off:
+        time.sleep(0.5)
+    on_metrics = tracker.client.get_run(rec.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(on_metrics)
+    assert not [k for k in tracker.client.get_run(off.run_id).data.metrics if k.startswith("system/")]
+    exp = tracker.client.get_experiment_by_name("sys")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs

@@ -1,0 +1,51 @@
+"""The report's numbers, written back to MLflow so that `mlflow ui` compares the arms with no expanding:
+each arm run gets every test metric's mean over its final seeds (`<key>`, `<key>_std`, `<key>_n`), the
+study run the headline comparison (`compare/<arm>_minus_<reference>/...`). Computed with the report's own
+functions, so the UI and the report show the same numbers; rebuilding the report logs them again."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ablation.report.reader import StudyRuns
+from ablation.report.tables import seed_stats
+
+
+def arm_aggregates(runs: StudyRuns, arm: str) -> dict[str, float]:
+    """Every `test/...` metric of the arm's finished final runs: mean, `_std` and `_n` over seeds."""
+    finals = runs.finals(arm)
+    out: dict[str, float] = {}
+    for col in sorted(c for c in finals.columns if c.startswith("metrics.test/")):
+        values = finals[col].dropna().to_numpy(dtype=float)
+        if len(values):
+            key = col.removeprefix("metrics.")
+            out[key], out[f"{key}_std"], out[f"{key}_n"] = seed_stats(values)
+    return out
+
+
+def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:
+    """The headline rows of `tables.comparisons` (acc@1, mean over tasks, all and unseen queries, both
+    modes): each arm minus the reference, its 95 % interval, Holm-adjusted p and seed count."""
+    out: dict[str, float] = {}
+    for _, r in comp[comp["family"] == "headline"].iterrows():
+        key = f"compare/{r['arm']}_minus_{r['reference']}/{r['slice']}/{r['mode']}/acc_at_1/mean"
+        out[key] = r["diff"]
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = r["ci_low"], r["ci_high"]
+        out[f"{key}_p_holm"], out[f"{key}_n_seeds"] = r["p_adjusted"], r["n_seeds"]
+    return out
+
+
+def publish(tracking_uri: str, runs: StudyRuns, arms: list[str], comp: pd.DataFrame) -> None:
+    """Log the aggregates on the arm runs and the headline comparison on the study run."""
+    from ablation.tracking.store import Tracker
+
+    tracker = Tracker(tracking_uri)
+    arm_runs = runs.runs[runs.runs["role"] == "arm"]
+    for arm in arms:
+        ids = arm_runs[arm_runs["arm"] == arm]["run_id"].tolist()
+        values = arm_aggregates(runs, arm)
+        if ids and values:
+            tracker.log_metrics(ids[0], values)
+    comparison = headline_comparison(comp)
+    if comparison:
+        tracker.log_metrics(runs.study_run.info.run_id, comparison)
