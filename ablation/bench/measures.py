@@ -3,14 +3,10 @@ a warm-up), through the harness's public interfaces. `table.GOALS` says what eac
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from ablation.bench.per_pair import per_pair_accuracy
 from ablation.config import ExperimentConfig, load_config, replace_path
 from ablation.data.batching import TokenTexts, bucketed_batches
 from ablation.data.corpus import Split
-from ablation.data.run_data import RunData, load_run_data
+from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
@@ -51,6 +47,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def step_batches(cfg: ExperimentConfig, data: RunData, n: int) -> list[np.ndarray]:
+    """`n` training batches in the trainer's bucketed order (seed 0), over as many epochs as they need."""
+    rng = np.random.default_rng(0)
+    batches: list[np.ndarray] = []
+    while len(batches) < n:
+        batches += bucketed_batches(
+            [len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size, rng
+        )
+    return batches[:n]
+
+
 def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
     """P1: `Trainer.train_step` (recording to MLflow) vs a bare forward/backward/step on the same batches."""
     from ablation.study.tracked_run import system_metrics_s
@@ -61,13 +68,7 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
         trainer = Trainer(cfg, data)
         q, c = trainer.encode_training_split()
         negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0), trainer.forbidden).index
-        batches: list[np.ndarray] = []
-        rng = np.random.default_rng(0)
-        while len(batches) < steps + 1:  # as many epochs as the steps need
-            batches += bucketed_batches(
-                [len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size, rng
-            )
-        batches = batches[: steps + 1]
+        batches = step_batches(cfg, data, steps + 1)
         bare_model = build_model(cfg, data, trainer.device).train()  # from_pretrained leaves encoders in eval mode
         bare_opt = torch.optim.Adam([p for p in bare_model.parameters() if p.requires_grad], lr=cfg.train.lr)
         queries, candidates = trainer.texts(data.train)  # the same inputs: token ids or the prefix cache
@@ -293,30 +294,6 @@ def study_wall_times(corpus: str | None) -> dict:
     }
 
 
-def _peak_rss_of_a_quick_run(arm: str, corpus: str | None, result: Connection) -> None:
-    """In a fresh process: train one quick epoch of `arm`, send back the peak resident memory (VmHWM)."""
-    cfg = load_config(QUICK, [f"model.sharing={arm}", "train.epochs=1"])
-    Trainer(cfg, load_run_data(cfg, corpus)).fit(MemoryRecorder())
-    with open("/proc/self/status") as status:
-        result.send(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")))
-
-
-def peak_memory(corpus: str | None) -> dict:
-    """P6: peak resident memory of one quick run (1 epoch) per arm, each in its own process (a child's
-    ru_maxrss would include what it inherited)."""
-    out: dict = {"id": "P6"}
-    spawn = multiprocessing.get_context("spawn")
-    for arm in ("shared", "unshared"):
-        receive, send = spawn.Pipe(duplex=False)
-        proc = spawn.Process(target=_peak_rss_of_a_quick_run, args=(arm, corpus, send))
-        proc.start()
-        kib = receive.recv()
-        proc.join()
-        out[f"{arm}_peak_rss_mib"] = kib / 1024
-    out["ratio_unshared_over_shared"] = out["unshared_peak_rss_mib"] / out["shared_peak_rss_mib"]
-    return out
-
-
 def prefix_cache_speedup(cfg: ExperimentConfig, data: RunData, rounds: int = 2) -> dict:
     """P7: the frozen-prefix cache, side by side with the full encoder: one quick trial (train + validation
     each epoch, no test) and encoding the test split, alternating in `rounds`; the cache's build time
@@ -355,73 +332,4 @@ def prefix_cache_speedup(cfg: ExperimentConfig, data: RunData, rounds: int = 2) 
         "rounds": rounds,
         "goal": ">= 2x per trial, >= 2.5x encoding",
         "met": trial_x >= 2 and encode_x >= 2.5,
-    }
-
-
-def _timed_steps(arm: str, corpus: str | None, threads: int, steps: int, ready: Barrier, result: Connection) -> None:
-    """In a fresh process with `threads` torch threads: set up a quick trainer, wait for the other workers,
-    then time `steps` training steps and send the seconds back."""
-    torch.set_num_threads(threads)
-    cfg = load_config(QUICK, [f"model.sharing={arm}"])
-    data = load_run_data(cfg, corpus)
-    trainer = Trainer(cfg, data, run_test=False)
-    q, c = trainer.encode_training_split()
-    negs = mine(q, c, cfg.negatives.random_rate, np.random.default_rng(0), trainer.forbidden).index
-    rng = np.random.default_rng(0)
-    batches: list[np.ndarray] = []
-    while len(batches) < steps + 1:
-        batches += bucketed_batches(
-            [len(t) for t in data.train.query_tokens], cfg.train.batch_size, cfg.train.bucket_size, rng
-        )
-    recorder = MemoryRecorder()
-    trainer.train_step(batches[0], negs, recorder)  # warm-up
-    ready.wait()
-    t = time.perf_counter()
-    for idx in batches[1 : steps + 1]:
-        trainer.train_step(idx, negs, recorder)
-    result.send(time.perf_counter() - t)
-
-
-def worker_threads(corpus: str | None, workers: int = 2, steps: int = 24, rounds: int = 2) -> dict:
-    """Threads: `workers` processes train quick steps at once (one per arm, as `WORKERS=N` runs them), each
-    with cores // workers torch threads (the runner's default) or with every core (torch's default, which
-    oversubscribes). The wall time until the last worker is done, median over alternating rounds."""
-    cores = os.cpu_count() or 1
-    settings = {"split": max(1, cores // workers), "all_cores": cores}
-    spawn = multiprocessing.get_context("spawn")
-    walls: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(rounds):
-        for name, threads in settings.items():
-            ready = spawn.Barrier(workers)
-            pipes = [spawn.Pipe(duplex=False) for _ in range(workers)]
-            arms = ["shared", "unshared"]
-            procs = [
-                spawn.Process(target=_timed_steps, args=(arms[i % 2], corpus, threads, steps, ready, pipes[i][1]))
-                for i in range(workers)
-            ]
-            for p in procs:
-                p.start()
-            for _, send in pipes:
-                send.close()  # so that a worker that dies ends recv() with EOFError instead of a hang
-            try:
-                times = [receive.recv() for receive, _ in pipes]
-            except EOFError:
-                for p in procs:
-                    p.terminate()
-                raise RuntimeError("a bench worker died; its traceback is above") from None
-            for p in procs:
-                p.join()
-            walls[name].append(max(times))
-    split, oversubscribed = statistics.median(walls["split"]), statistics.median(walls["all_cores"])
-    return {
-        "id": "threads",
-        "cores": cores,
-        "workers": workers,
-        "steps": steps,
-        "threads_split": settings["split"],
-        "split_s": split,
-        "all_cores_s": oversubscribed,
-        "rounds": rounds,
-        "faster": "split" if split <= oversubscribed else "all_cores",
-        "ratio": oversubscribed / split,
     }

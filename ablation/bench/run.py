@@ -13,13 +13,12 @@ from ablation.bench.measures import (
     evaluation_speedup,
     neighbour_index,
     padding_throughput,
-    peak_memory,
     prefix_cache_speedup,
     refresh_share,
     step_overhead,
     study_wall_times,
-    worker_threads,
 )
+from ablation.bench.processes import peak_memory, worker_threads
 from ablation.bench.table import readable_table
 from ablation.config import load_config, replace_path
 from ablation.data.corpus import read_split, resolve_corpus

@@ -23,25 +23,14 @@ from ablation.config import ExperimentConfig, dump_yaml
 from ablation.data.run_data import load_run_data
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.study.coordination import coordinator_for
+from ablation.study.context import POLL_S, StudyContext, check_objective, optuna_study, trials_used
+from ablation.study.coordination import coordinator_for, is_postgres
+from ablation.study.final import final_runs, zero_shot_run
+from ablation.study.ledger import mark_duplicate_finals, missing, open_work, runs_done
 from ablation.study.preflight import preflight
 from ablation.study.progress import Progress
 from ablation.study.tracked_run import describe
-from ablation.study.tuning import (
-    POLL_S,
-    StudyContext,
-    best_params,
-    check_objective,
-    final_runs,
-    mark_duplicate_finals,
-    missing,
-    open_work,
-    optuna_study,
-    runs_done,
-    trials_used,
-    tune_arm,
-    zero_shot_run,
-)
+from ablation.study.tuning import best_params, tune_arm
 from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
 
@@ -203,7 +192,7 @@ def run_study(
 def _interrupted(ctx: StudyContext) -> None:
     """Ctrl-C on one machine: the study and arm runs end KILLED (a rerun resumes them). With a shared
     PostgreSQL storage other machines may still work on the study, so its runs stay as they are."""
-    if ctx.cfg.study.storage and "postgres" in ctx.cfg.study.storage.split(":", 1)[0]:
+    if is_postgres(ctx.cfg.study.storage):
         return
     for run in (ctx.study_run, *ctx.arm_runs.values()):
         with contextlib.suppress(Exception):

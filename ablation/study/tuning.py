@@ -1,136 +1,29 @@
-"""The ablation study: per arm, Optuna tunes negative sampling on validation, then the best parameters are
-retrained under every seed and tested; a zero-shot run is the reference row.
+"""Tuning: per arm, Optuna trials on validation until the arm's budget is used (shared by every worker), and
+the best parameters found. One tracked training run (`train_run`) serves trials and final runs alike.
 
-MLflow layout (one experiment per study): study run → arm runs → trial and final runs, plus a zero-shot
-run under the study, all tagged with `role`. Resumable: finished work is found and skipped, work left
-behind by a dead process is failed (Optuna) or deleted (MLflow) and redone. Several workers may share a
-study, on one machine or many (coordination.py); a lock around "count the budget, ask a trial" keeps each
-arm at exactly `n_trials`, and claims give each final seed and the zero-shot run to one worker.
+MLflow layout (one experiment per study): the study run, one run per arm and the zero-shot run at the top
+level; trial and final runs under their arm, all tagged with `role`. Resumable: finished work is found and
+skipped, work left behind by a dead process is failed (Optuna) or deleted (MLflow) and redone. A lock around
+"count the budget, ask a trial" keeps each arm at exactly `n_trials`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from ablation.config import ExperimentConfig, replace_path
-from ablation.data.run_data import RunData
-from ablation.errors import UserError
-from ablation.evaluation.ranking import MODES, metric_names
-from ablation.study.coordination import Coordinator
-from ablation.study.progress import Progress
+from ablation.study.context import COUNTED, POLL_S, StudyContext, optuna_study, trials_used, used
+from ablation.study.ledger import clean_stale
 from ablation.study.tracked_run import describe, run_tags, system_metrics_s
-from ablation.tracking.store import NOTE_TAG, Tracker
+from ablation.tracking.store import NOTE_TAG
 from ablation.training.trainer import NonFiniteLoss, Trainer
-
-POLL_S = 2.0  # how often a worker looks again at work that others hold
-COUNTED = "counted"  # user attr: a failed trial that used budget (non-finite loss), not a crashed worker
-
-
-@dataclass
-class StudyContext:
-    """What every worker of one study shares."""
-
-    cfg: ExperimentConfig
-    data: RunData
-    tracker: Tracker
-    experiment: str
-    run_dir: Path
-    coord: Coordinator
-    study_run: str = ""
-    arm_runs: dict[str, str] = field(default_factory=dict)
-    studies: dict[str, optuna.Study] = field(default_factory=dict)
-    progress: Progress = field(default_factory=Progress)
-    _storage: optuna.storages.BaseStorage | None = None
-
-    def storage(self) -> optuna.storages.BaseStorage:
-        """One storage object per process (an RDB storage creates its tables when made: under the lock)."""
-        if self._storage is None:
-            if self.cfg.study.storage:
-                self._storage = optuna.storages.RDBStorage(
-                    self.cfg.study.storage, engine_kwargs={"pool_pre_ping": True}
-                )
-            else:
-                from optuna.storages import JournalStorage
-                from optuna.storages.journal import JournalFileBackend
-
-                self._storage = JournalStorage(JournalFileBackend(str(self.run_dir / "optuna.journal")))
-        return self._storage
-
-
-def check_objective(cfg: ExperimentConfig) -> None:
-    """The objective must name a validation metric the trainer records."""
-    parts = cfg.study.objective.split("/")
-    metrics = metric_names(cfg.eval.ks)
-    if (
-        len(parts) != 4
-        or parts[0] != "val"
-        or parts[1] not in MODES
-        or parts[2] not in metrics
-        or parts[3] not in (*cfg.eval.val_tasks, "mean")
-    ):
-        raise UserError(
-            f"config: study.objective {cfg.study.objective!r} is not a validation metric "
-            "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)"
-        )
-
-
-def optuna_study(ctx: StudyContext, arm: str) -> optuna.Study:
-    if arm in ctx.studies:
-        return ctx.studies[arm]
-    s = ctx.cfg.study
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
-        if s.pruner == "median"
-        else optuna.pruners.NopPruner()
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ctx.studies[arm] = optuna.create_study(
-        study_name=f"{s.name}-{arm}",
-        storage=ctx.storage(),
-        load_if_exists=True,
-        direction=s.direction,
-        sampler=optuna.samplers.TPESampler(seed=s.tuning_seed),
-        pruner=pruner,
-    )
-    return ctx.studies[arm]
-
-
-def _used(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get(COUNTED, False)
-    )
-
-
-def trials_used(study: optuna.Study) -> int:
-    """Trials that count against the budget: complete, pruned, or failed on their own (not a dead worker)."""
-    return sum(_used(t) for t in study.get_trials(deepcopy=False))
-
-
-def _delete_dead_runs(ctx: StudyContext, tags: dict[str, str], roles: tuple[str, ...]) -> None:
-    """Delete MLflow runs (soft: `mlflow gc` or the UI can restore them) that a dead worker left open."""
-    for run in ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name, **tags}, exclude_status="FINISHED"):
-        run_tags = run.data.tags
-        if run_tags.get("role") in roles and run.info.status in ("RUNNING", "KILLED") and not ctx.coord.alive(run_tags):
-            ctx.tracker.delete_run(run.info.run_id)
-
-
-def _clean_stale(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
-    """Fail trials whose worker died, and delete MLflow runs that a dead worker left open."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not ctx.coord.alive(t.user_attrs):
-            with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                study.tell(t.number, state=TrialState.FAIL)  # unless its owner told it meanwhile
-    _delete_dead_runs(ctx, {"arm": arm}, ("trial", "final"))
 
 
 def _sample(trial: optuna.trial.Trial, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -151,7 +44,7 @@ def _finished_trials_of_this_process(study: optuna.Study, worker: str) -> int:
     )
 
 
-def _train(
+def train_run(
     ctx: StudyContext,
     cfg: ExperimentConfig,
     name: str,
@@ -202,16 +95,16 @@ def tune_arm(ctx: StudyContext, arm: str) -> None:
     base = replace_path(replace_path(ctx.cfg, "model.sharing", arm), "seed", ctx.cfg.study.tuning_seed)
     while True:
         with ctx.coord.lock():
-            _clean_stale(ctx, study, arm)
+            clean_stale(ctx, study, arm)
             trials = study.get_trials(deepcopy=False)
-            if sum(_used(t) or t.state == TrialState.RUNNING for t in trials) >= ctx.cfg.study.n_trials:
+            if sum(used(t) or t.state == TrialState.RUNNING for t in trials) >= ctx.cfg.study.n_trials:
                 return
             trial = study.ask()
             for k, v in ctx.coord.me.items():
                 trial.set_user_attr(k, v)
         cfg = _sample(trial, base)
         try:
-            value = _train(
+            value = train_run(
                 ctx,
                 cfg,
                 f"{arm}-trial{trial.number}",
@@ -249,7 +142,7 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, value: float | None = 
 def _wait_for_tuning(ctx: StudyContext, study: optuna.Study, arm: str) -> None:
     while True:
         with ctx.coord.lock():
-            _clean_stale(ctx, study, arm)
+            clean_stale(ctx, study, arm)
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return
         time.sleep(POLL_S)
@@ -275,121 +168,3 @@ def best_params(study: optuna.Study) -> dict[str, float]:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return {}
     return study.best_trial.params
-
-
-def _settled(ctx: StudyContext, arm: str, seed: int) -> bool:
-    """Whether the final run of (arm, seed) is done: FINISHED, or FAILED on a non-finite loss (retraining
-    the same seed would fail the same way)."""
-    wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
-    runs = ctx.tracker.search(ctx.experiment, wanted, exclude_status="RUNNING")
-    return any(
-        r.info.status == "FINISHED" or r.data.tags.get("failure", "").startswith(NonFiniteLoss.__name__) for r in runs
-    )
-
-
-def _finished(ctx: StudyContext, role: str, **tags: str) -> bool:
-    wanted = {"study": ctx.cfg.study.name, "role": role, **tags}
-    return bool(ctx.tracker.search(ctx.experiment, wanted, status="FINISHED", limit=1))
-
-
-def final_runs(ctx: StudyContext, arm: str) -> None:
-    """Retrain the arm's best parameters under every seed (skipping seeds already done or claimed)."""
-    cfg, params = best_config(ctx, arm)
-    for seed in ctx.cfg.study.seeds:
-        name = f"final-{arm}-seed{seed}"
-        if _settled(ctx, arm, seed) or not ctx.coord.claim(name):
-            continue
-        try:
-            if not _settled(ctx, arm, seed):
-                with ctx.coord.lock():
-                    _clean_stale(ctx, optuna_study(ctx, arm), arm)
-                tags = {"role": "final", **{f"best.{k}": f"{v:.6g}" for k, v in params.items()}}
-                _train(ctx, replace_path(cfg, "seed", seed), f"{arm}-seed{seed}", tags, ctx.arm_runs[arm])
-        except NonFiniteLoss as exc:  # the run is FAILED with the reason; the study goes on
-            print(f"warning: final run {arm} seed {seed} failed: {exc}", file=sys.stderr)
-        finally:
-            ctx.coord.release(name)
-
-
-def zero_shot_run(ctx: StudyContext) -> None:
-    """The pretrained encoder, untrained, on the validation and test splits: the reference row."""
-    from ablation.evaluation.zeroshot import ZeroShot
-    from ablation.runtime import describe_device, resolve_device
-
-    if not ctx.cfg.study.zero_shot or _finished(ctx, "zero-shot") or not ctx.coord.claim("zero-shot"):
-        return
-    try:
-        if _finished(ctx, "zero-shot"):  # finished between the look and the claim
-            return
-        _delete_dead_runs(ctx, {"role": "zero-shot"}, ("zero-shot",))
-        device = resolve_device(ctx.cfg.train.device)
-        tags = {
-            **run_tags(ctx.cfg, ctx.data),
-            **ctx.coord.me,
-            "study": ctx.cfg.study.name,
-            "role": "zero-shot",
-            "arm": "zero-shot",
-            "device": describe_device(device),
-            NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
-        }
-        start = time.monotonic()
-        model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
-        with ctx.tracker.run(ctx.experiment, "zero-shot", tags) as rec:  # top level, beside the arm runs
-            ks = ctx.cfg.eval.ks
-            val = model.evaluate(ctx.data.val, ctx.cfg.eval.val_tasks, ks)
-            res = model.evaluate(ctx.data.test, ks=ks)
-            rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
-            rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
-            rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
-        objective = ctx.cfg.study.objective
-        value = val.metrics.get(objective.removeprefix("val/"))
-        ctx.progress.run_done("zero-shot", "zero-shot", "", value, time.monotonic() - start)
-    finally:
-        ctx.coord.release("zero-shot")
-
-
-def open_work(ctx: StudyContext) -> list[str]:
-    """Work items that no worker has settled yet: the zero-shot run, each arm's budget, each final seed."""
-    items = ["the zero-shot run"] if ctx.cfg.study.zero_shot and not _finished(ctx, "zero-shot") else []
-    for arm in ctx.cfg.study.arms:
-        used = trials_used(optuna_study(ctx, arm))
-        if used < ctx.cfg.study.n_trials:
-            items.append(f"{arm}: {used} of {ctx.cfg.study.n_trials} trials")
-        items += [f"{arm} seed {seed}: no final run" for seed in ctx.cfg.study.seeds if not _settled(ctx, arm, seed)]
-    return items
-
-
-def missing(ctx: StudyContext) -> list[str]:
-    """What keeps the study from complete: open work, and any (arm, seed) without exactly one FINISHED
-    final run (a final run that failed on a non-finite loss stays missing)."""
-    items = open_work(ctx)
-    for arm in ctx.cfg.study.arms:
-        for seed in ctx.cfg.study.seeds:
-            wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
-            n = len(ctx.tracker.search(ctx.experiment, wanted, status="FINISHED"))
-            if n != 1 and f"{arm} seed {seed}: no final run" not in items:
-                items.append(f"{arm} seed {seed}: {n} finished final runs")
-    return items
-
-
-def mark_duplicate_finals(ctx: StudyContext) -> list[str]:
-    """Where an (arm, seed) has more than one FINISHED final run (a worker that lost its lease but went on),
-    keep the oldest as the final run and retag the others `role=duplicate-final`: kept, never counted."""
-    notes = []
-    for arm in ctx.cfg.study.arms:
-        for seed in ctx.cfg.study.seeds:
-            wanted = {"study": ctx.cfg.study.name, "role": "final", "arm": arm, "seed": str(seed)}
-            for run in ctx.tracker.search(ctx.experiment, wanted, status="FINISHED")[1:]:
-                ctx.tracker.set_tags(run.info.run_id, {"role": "duplicate-final"})
-                notes.append(f"warning: {arm} seed {seed}: run {run.info.run_id} duplicates the final run; retagged")
-    return notes
-
-
-def runs_done(ctx: StudyContext) -> int:
-    """Runs of the study that ended on their own (FINISHED, or FAILED on a non-finite loss), by any worker."""
-    runs = ctx.tracker.search(ctx.experiment, {"study": ctx.cfg.study.name}, exclude_status="RUNNING")
-    return sum(
-        r.data.tags.get("role") in ("trial", "final", "zero-shot")
-        and (r.info.status == "FINISHED" or r.data.tags.get("failure", "").startswith(NonFiniteLoss.__name__))
-        for r in runs
-    )

@@ -38,8 +38,8 @@ def test_step_overhead_runs_as_many_steps_as_asked_across_epochs(corpus: Path) -
 def test_every_measure_names_a_defined_goal(corpus: Path) -> None:
     import inspect
 
-    from ablation.bench import measures
+    from ablation.bench import gpu_check, measures, processes
 
-    source = inspect.getsource(measures)
+    source = "".join(inspect.getsource(m) for m in (measures, processes, gpu_check))
     ids = {part.split('"')[0] for part in source.split('"id": "')[1:]}
     assert ids and ids <= set(GOALS), ids - set(GOALS)
