@@ -17,6 +17,8 @@ from ablation.tracking.services import free_port
 from tests.conftest import FIXTURE, REPO, SMOKE
 
 CASES = [
+    (["--corpus", "{tmp}/missing"], "no such file or directory"),
+    (["--set", "study.objective=val/rerank/acc/mean"], "study.objective"),
     (["--set", "train.lr=[1,"], "train.lr"),
     (["--set", "negatives.random_rate=.nan"], "random_rate"),
     (["--set", "seed=-1"], "seed"),
