@@ -139,10 +139,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
     from ablation.report.build import build_report
+    from ablation.runtime import INTERRUPTS
     from ablation.study.runner import StudyIncomplete, run_study
     from ablation.tracking.store import resolve_tracking_uri
 
     cfg = load_config(args.config, args.set or [])
+    INTERRUPTS.install()  # SIGINT, SIGTERM and SIGHUP end the open runs KILLED
     code = 0
     try:
         print(
@@ -334,5 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
+        from ablation.runtime import INTERRUPTS
+
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTS.exit_code

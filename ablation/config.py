@@ -18,7 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ablation.data.tasks import TASKS
 from ablation.errors import UserError
 
-__all__ = ["TASKS", "ExperimentConfig", "dump_yaml", "flatten", "from_dict", "load_config", "replace_path", "to_dict"]
+__all__ = [
+    "PER_MACHINE",
+    "TASKS",
+    "ExperimentConfig",
+    "differences",
+    "dump_yaml",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "replace_path",
+    "shared_settings",
+    "to_dict",
+]
 
 Seed = Annotated[StrictInt, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -112,6 +124,8 @@ class TrackingConfig(_Section):
     experiment: str | None = None  # default: the study name
     system_metrics: StrictBool = True  # CPU, memory (and GPU) of training runs, sampled by MLflow
     system_metrics_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    # how long a call to the tracking store or the study's database is retried through an outage
+    retry_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
 
 
 class SearchParam(_Section):
@@ -180,6 +194,31 @@ class ExperimentConfig(_Section):
             if _setting_type(key) is not float:
                 raise ValueError(f"study.search_space: {key!r} does not name a number setting that can be sampled")
         return self
+
+
+PER_MACHINE = (
+    "data.corpus",
+    "data.cache_dir",
+    "train.device",
+    "tracking.uri",
+    "tracking.system_metrics",
+    "tracking.system_metrics_interval_s",
+    "tracking.retry_s",
+    "study.storage",
+)
+"""Settings that may differ between the processes and machines of one study (paths, devices, services);
+every other setting must be the same for all of them (`shared_settings`)."""
+
+
+def shared_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The flat settings every process of a study must agree on (all but PER_MACHINE)."""
+    return {k: v for k, v in flatten(cfg).items() if k not in PER_MACHINE}
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any], most: int = 3) -> list[str]:
+    """`key: a there, b here` for the first `most` settings that differ."""
+    keys = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k, "—") != current.get(k, "—"))
+    return [f"{k} is {recorded.get(k, '(unset)')!r} there, {current.get(k, '(unset)')!r} here" for k in keys[:most]]
 
 
 def _setting_type(dotted: str) -> Any:

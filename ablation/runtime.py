@@ -1,10 +1,13 @@
-"""Seeding and device choice: the two things every run sets up first."""
+"""Seeding, device choice and signals: what every run sets up first."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -61,3 +64,58 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class Interrupts:
+    """SIGINT, SIGTERM and SIGHUP as one KeyboardInterrupt, raised only where it is safe.
+
+    Inside `critical()` (every call to a store: a database write must not stop half-way, holding its lock)
+    the interrupt waits until the block ends. Only the first signal counts: a second one during the cleanup
+    it started (ending runs KILLED) is ignored, so cleanup cannot itself be interrupted. `signum` says which
+    signal came, for the exit code 128 + signum."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._depth = 0
+        self._raised = False
+
+    def install(self) -> None:
+        """Handle the signals in this process (main thread only, as Python requires)."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            return  # a second signal: the first one's cleanup goes on
+        self.signum = signum
+        if self._depth == 0:
+            self._raise()
+
+    def _raise(self) -> None:
+        self._raised = True
+        raise KeyboardInterrupt(f"signal {self.signum}")
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A block that a signal does not cut short (in the main thread; other threads get no signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self.signum is not None and not self._raised:
+                self._raise()
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process ended by it (130 for Ctrl-C)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+INTERRUPTS = Interrupts()
+"""The process's one handler (installed by the commands that run studies)."""

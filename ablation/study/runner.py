@@ -1,73 +1,141 @@
 """`ablation run` / `make ablation`: set up a study, run its workers, and finish it.
 
-The main process checks everything first (config, device, folders, stores, corpus, model, objective: bad
-input leaves nothing behind), then, under the study lock, finds or creates the Optuna studies, the study
-run and the arm runs, so that any number of processes or machines starting at once make each exactly once.
-It then works itself or starts `workers` processes. Every worker works until the study is complete or
-nothing it can do is left; the study run is FINISHED only when the study is complete.
+The main process checks everything first (config, device, folders, stores, corpus, model, objective, and
+that a study of this name was started with the same settings: bad input leaves nothing behind), then,
+under the study lock, creates what is missing: the queues (Optuna studies) with their work items, the
+study run and the arm runs, so that any number of processes or machines starting at once make each exactly
+once. It then works itself or starts `workers` processes (`worker.py`). The study run is FINISHED only
+when the study is complete (`state.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+import optuna
+import sqlalchemy as sa
 import torch
 
-from ablation.config import ExperimentConfig, dump_yaml
-from ablation.data.run_data import load_run_data
+from ablation.config import ExperimentConfig, differences, dump_yaml, shared_settings
+from ablation.data.run_data import RunData, load_run_data
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.study.context import POLL_S, StudyContext, check_objective, optuna_study, trials_used
-from ablation.study.coordination import coordinator_for, is_postgres
-from ablation.study.final import final_runs, zero_shot_run
-from ablation.study.ledger import mark_duplicate_finals, missing, open_work, runs_done
+from ablation.runtime import INTERRUPTS
+from ablation.study.context import StudyContext, check_objective, queue_name
 from ablation.study.preflight import preflight
 from ablation.study.progress import Progress
+from ablation.study.storage import is_postgres
 from ablation.study.tracked_run import describe
-from ablation.study.tuning import best_params, tune_arm
 from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
+from ablation.study.worker import best_params, work
+from ablation.tracking.retry import RETRY_ENV
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
+
+SETTINGS = "settings"  # user attr of every queue, and artifact of the study run: the settings it started with
 
 
 class StudyIncomplete(RuntimeError):
     """The workers stopped and the study still lacks something (named in the message)."""
 
 
-def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None) -> StudyContext:
+def _settings(cfg: ExperimentConfig, data: RunData) -> dict[str, Any]:
+    return {**shared_settings(cfg), "corpus_digest": data.digest}
+
+
+def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The settings this study's queues were started with, read without writing anything (None: new)."""
+    url = cfg.study.storage
+    if url:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if is_postgres(url) else {})
+        try:
+            if "studies" not in sa.inspect(engine).get_table_names():
+                return None
+        finally:
+            engine.dispose()
+        storage: optuna.storages.BaseStorage = optuna.storages.RDBStorage(url)
+    elif (run_dir / "optuna.journal").is_file():
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    else:
+        return None
+    for arm in cfg.study.arms:
+        try:
+            study_id = storage.get_study_id_from_name(queue_name(cfg.study.name, "tuning", arm))
+        except KeyError:
+            continue
+        found = storage.get_study_user_attrs(study_id).get(SETTINGS)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
+    if recorded is None or recorded == settings:
+        return
+    diff = "; ".join(differences(recorded, settings))
+    raise UserError(
+        f"study {name!r} was started ({where}) with other settings: {diff}. Use the same config, or another "
+        "study.name (only paths, devices and services may differ per machine: see the README)"
+    )
+
+
+def open_study(
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None
+) -> StudyContext:
+    """Check, then set up (or join) the study; see the module's docstring."""
     check_objective(cfg)
+    os.environ[RETRY_ENV] = str(cfg.tracking.retry_s)
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     folder = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.study.name
     preflight(cfg, uri, folder)
     data = load_run_data(cfg, corpus)
+    settings = _settings(cfg, data)
     tracker = Tracker(uri)
     experiment = cfg.tracking.experiment or cfg.study.name
+    _check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
+    study_tags = {"study": cfg.study.name, "role": "study"}
+    for run in tracker.search(experiment, study_tags, limit=1):
+        text = tracker.read_text(run.info.run_id, f"{SETTINGS}.json")
+        _check_same(cfg.study.name, json.loads(text) if text else None, settings, f"in MLflow at {uri}")
     folder.mkdir(parents=True, exist_ok=True)
-    coord = coordinator_for(cfg.study.storage, cfg.study.name, folder, cfg.study.lease_s)
-    ctx = StudyContext(cfg, data, tracker, experiment, folder, coord)
+    ctx = StudyContext(cfg, data, tracker, experiment, folder)
     s = cfg.study
-    ctx.progress = Progress(
-        s.objective, int(s.zero_shot) + len(s.arms) * (s.n_trials + len(s.seeds)), lambda: runs_done(ctx)
-    )
-    name = cfg.study.name
-    with coord.lock():
-        for arm in cfg.study.arms:
-            optuna_study(ctx, arm)
-        ctx.study_run = tracker.find_or_create_run(experiment, name, {"study": name, "role": "study"})
+    total = int(s.zero_shot) + len(s.arms) * (s.n_trials + len(s.seeds))
+    ctx.progress = Progress(s.objective, total, lambda: ctx.state().runs_done)
+    with ctx.lock() as held:
+        for _, _, queue in ctx.queues():
+            recorded = queue.user_attrs.get(SETTINGS)
+            _check_same(s.name, recorded, settings, "by a process that started at the same time")
+            if recorded is None:
+                held.check()
+                queue.set_user_attr(SETTINGS, settings)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    queue.set_metric_names([s.objective])  # optuna-dashboard names its axis after it
+        held.check()
+        ctx.study_run = tracker.find_or_create_run(experiment, s.name, study_tags)
         # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
         # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
         ctx.arm_runs = {
-            arm: tracker.find_or_create_run(experiment, arm, {"study": name, "role": "arm", "arm": arm})
-            for arm in cfg.study.arms
+            arm: tracker.find_or_create_run(experiment, arm, {"study": s.name, "role": "arm", "arm": arm})
+            for arm in s.arms
         }
         for run in (ctx.study_run, *ctx.arm_runs.values()):
             tracker.resume(run)  # a study interrupted before is RUNNING again
-        note = f"Study {name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
+        if tracker.read_text(ctx.study_run, f"{SETTINGS}.json") is None:
+            tracker.log_text(ctx.study_run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
+        note = f"Study {s.name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
         note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
         tags = {"git_commit": git_commit(), "corpus_digest": data.digest, NOTE_TAG: note, **package_versions()}
         tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
@@ -76,69 +144,59 @@ def _context(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None
     return ctx
 
 
-def work(ctx: StudyContext) -> None:
-    """Everything one worker does: the reference row, tuning of every arm, then the final seeds; again
-    while other live workers hold open work (a dead one's work is taken over), until nothing is open."""
-    while True:
-        zero_shot_run(ctx)
-        for arm in ctx.cfg.study.arms:
-            tune_arm(ctx, arm)
-        for arm in ctx.cfg.study.arms:
-            final_runs(ctx, arm)
-        if not open_work(ctx):
-            return
-        time.sleep(POLL_S)
-
-
 def _die_with_parent() -> None:
     """Linux: SIGTERM this process when its parent dies (a `kill -9` of the parent leaves no orphans)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _worker_main(
-    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int, parent: int
 ) -> None:
+    INTERRUPTS.install()  # SIGTERM (also from the parent's death) ends the open run KILLED, like Ctrl-C
     _die_with_parent()
-    signal.signal(signal.SIGTERM, _interrupt)  # ends the open run KILLED, like Ctrl-C
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit(128 + signal.SIGTERM)
     torch.set_num_threads(threads)
-    ctx = _context(cfg, corpus, tracking_uri, run_dir)
+    ctx = open_study(cfg, corpus, tracking_uri, run_dir)
     try:
         work(ctx)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        if os.getppid() != parent:  # the parent was killed and cannot end its runs: do it for it
+            _end_runs(ctx, "KILLED", "interrupted")
+        raise SystemExit(INTERRUPTS.exit_code) from None
     finally:
-        ctx.coord.close()
+        ctx.close()
 
 
-def _finish(ctx: StudyContext) -> list[str]:
+def finish(ctx: StudyContext) -> list[str]:
     """If the study is complete: tuning figures and best parameters on the arm runs, and every run of the
     study FINISHED (once, whichever worker gets here first). Returns summary lines; raises StudyIncomplete
     naming what is missing otherwise."""
     tracker, cfg = ctx.tracker, ctx.cfg
-    with ctx.coord.lock():
-        lines = mark_duplicate_finals(ctx)
-        gaps = missing(ctx)
+    s = cfg.study
+    with ctx.lock():
+        state = ctx.state()
+        lines = []
+        for what, run_id, role in state.duplicates():
+            tracker.set_tags(run_id, {"role": role})
+            lines.append(f"warning: {what}: run {run_id} duplicates an earlier finished run; relabelled {role}")
+        gaps = state.missing(s.arms, s.seeds, s.n_trials, s.zero_shot)
         if gaps:
-            raise StudyIncomplete(f"study {cfg.study.name!r} is incomplete: {'; '.join(gaps)}")
+            raise StudyIncomplete(f"study {s.name!r} is incomplete: {'; '.join(gaps)}")
         done = tracker.status(ctx.study_run) == "FINISHED"
-        colors = arm_colors(list(cfg.study.arms))
-        for arm in cfg.study.arms:
-            study = optuna_study(ctx, arm)
-            best = best_params(study)
+        colors = arm_colors(list(s.arms))
+        for arm in s.arms:
+            queue = ctx.queue("tuning", arm)
+            best = best_params(queue)
             if not done:
-                maximize = cfg.study.direction == "maximize"
-                figures = tuning_figures(trials_table(study), cfg.study.objective, arm, colors[arm], maximize)
+                figures = tuning_figures(trials_table(queue), s.objective, arm, colors[arm], s.direction == "maximize")
                 for name, fig in figures.items():
                     tracker.log_figure(ctx.arm_runs[arm], fig, name)
                 tracker.set_tags(ctx.arm_runs[arm], {f"best.{k}": f"{v:.6g}" for k, v in best.items()})
-                tracker.set_tags(ctx.arm_runs[arm], {"trials_used": trials_used(study)})
+                tracker.set_tags(ctx.arm_runs[arm], {"trials_used": state.trials_used.get(arm, 0)})
                 tracker.terminate(ctx.arm_runs[arm], "FINISHED")
-            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+            states = [t.state.name for t in queue.get_trials(deepcopy=False)]
             shown = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in best.items()) or "defaults (no complete trial)"
             lines.append(
                 f"  {arm}: best {shown}; trials {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
@@ -166,11 +224,12 @@ def run_study(
 ) -> str:
     """Run (or resume, or join) the whole study; returns a summary saying where the results are (the report
     is built from MLflow afterwards, by `ablation run` or `ablation report`). Raises StudyIncomplete when
-    the workers stopped short of a complete study."""
+    the workers stopped short of a complete study. Every way out ends this process's open runs: KILLED on
+    a signal, FAILED with the error otherwise."""
     if workers < 1:
         raise UserError(f"run: --workers must be at least 1, got {workers}")
     start = time.perf_counter()
-    ctx = _context(cfg, corpus, tracking_uri, run_dir)
+    ctx = open_study(cfg, corpus, tracking_uri, run_dir)
     try:
         if workers == 1:
             work(ctx)
@@ -179,32 +238,41 @@ def run_study(
         lines = [
             f"study {cfg.study.name!r} done in {time.perf_counter() - start:.0f} s",
             f"MLflow: experiment {ctx.experiment!r} at {ctx.tracker.uri} (browse: make ui)",
-            *_finish(ctx),
+            *finish(ctx),
         ]
     except KeyboardInterrupt:
-        _interrupted(ctx)
+        _end_runs(ctx, "KILLED", "interrupted")
+        raise
+    except StudyIncomplete:
+        raise
+    except BaseException as exc:
+        _end_runs(ctx, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        ctx.coord.close()
+        ctx.close()
     return "\n".join(lines)
 
 
-def _interrupted(ctx: StudyContext) -> None:
-    """Ctrl-C on one machine: the study and arm runs end KILLED (a rerun resumes them). With a shared
-    PostgreSQL storage other machines may still work on the study, so its runs stay as they are."""
+def _end_runs(ctx: StudyContext, status: str, reason: str) -> None:
+    """End the study and arm runs (a rerun resumes them). With a shared PostgreSQL storage other machines
+    may still work on the study, so its runs stay as they are."""
     if is_postgres(ctx.cfg.study.storage):
         return
     for run in (ctx.study_run, *ctx.arm_runs.values()):
-        with contextlib.suppress(Exception):
-            ctx.tracker.terminate(run, "KILLED")
+        try:
+            if status == "FAILED":
+                ctx.tracker.set_tags(run, {"failure": reason[:5000]})
+            ctx.tracker.terminate(run, status)
+        except Exception as exc:  # the store itself may be what failed: say so, keep the first error
+            print(f"warning: could not end run {run} {status}: {exc}", file=sys.stderr)
 
 
 def _run_workers(ctx: StudyContext, corpus: str | None, tracking_uri: str | None, workers: int) -> None:
-    """`workers` spawned processes sharing the study; Ctrl-C reaches them too (one process group): they end
-    their runs KILLED, then exit; any still alive after 30 s are terminated."""
+    """`workers` spawned processes sharing the study; a signal to the group reaches them too: they end their
+    runs KILLED, then exit; any still alive after 30 s are terminated."""
     threads = threads_per_worker(workers, os.cpu_count() or 1)
     spawn = mp.get_context("spawn")
-    args = (ctx.cfg, corpus, tracking_uri, str(ctx.run_dir), threads)
+    args = (ctx.cfg, corpus, tracking_uri, str(ctx.run_dir), threads, os.getpid())
     procs = [spawn.Process(target=_worker_main, args=args) for _ in range(workers)]
     for p in procs:
         p.start()
@@ -214,8 +282,7 @@ def _run_workers(ctx: StudyContext, corpus: str | None, tracking_uri: str | None
     except KeyboardInterrupt:
         deadline = time.monotonic() + 30
         for p in procs:
-            with contextlib.suppress(KeyboardInterrupt):
-                p.join(max(0.0, deadline - time.monotonic()))
+            p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()
                 p.join()

@@ -1,13 +1,19 @@
-"""One training run recorded in MLflow: the tags every run carries, and `ablation train`."""
+"""One training run recorded in MLflow: the tags every run carries, and `tracked_fit`, which opens a tracked
+run and fits (tuning trials, final runs and `ablation train` all go through it)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData, load_run_data
 from ablation.runtime import resolve_device
 from ablation.study.preflight import check_tracking_uri
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, resolve_tracking_uri
-from ablation.training.trainer import Trainer, TrainResult
+from ablation.training.trainer import EpochCallback, Trainer, TrainResult
 
 
 def run_tags(cfg: ExperimentConfig, data: RunData) -> dict[str, str]:
@@ -47,20 +53,42 @@ def system_metrics_s(cfg: ExperimentConfig) -> float | None:
     return cfg.tracking.system_metrics_interval_s if cfg.tracking.system_metrics else None
 
 
+def tracked_fit(
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    data: RunData,
+    experiment: str,
+    name: str,
+    tags: dict[str, Any],
+    parent: str | None = None,
+    on_epoch: EpochCallback | None = None,
+    run_test: bool = True,
+    guard: Callable[[], None] | None = None,
+    on_create: Callable[[str], None] | None = None,
+) -> tuple[TrainResult, str]:
+    """Train `cfg` as one MLflow run and return its result and state: `complete`, or `pruned` when
+    `on_epoch` raised optuna.TrialPruned (a normal outcome: the run ends FINISHED, tagged pruned). The model
+    and data are set up before the run exists, so a failure there leaves no run."""
+    trainer = Trainer(cfg, data, on_epoch, run_test=run_test)
+    all_tags = {**run_tags(cfg, data), **tags}
+    state = "complete"
+    with tracker.run(experiment, name, all_tags, parent, system_metrics_s(cfg), guard, on_create) as recorder:
+        try:
+            trainer.fit(recorder)
+        except optuna.TrialPruned:
+            state = "pruned"
+        recorder.set_tags({"state": state})
+        trainer.result.run_id = recorder.run_id
+    return trainer.result, state
+
+
 def train_and_track(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: str | None = None) -> TrainResult:
-    """Train one arm under one seed as an MLflow run. Data and model are loaded before the run is created,
-    so bad input leaves no run."""
+    """`ablation train`: one arm under one seed as an MLflow run. Bad input leaves no run."""
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     resolve_device(cfg.train.device)
     check_tracking_uri(uri)
     data = load_run_data(cfg, corpus)
-    tracker = Tracker(uri)
-    trainer = Trainer(cfg, data)
+    tags = {NOTE_TAG: describe("final", cfg.model.sharing, cfg.seed)}
     experiment = cfg.tracking.experiment or cfg.study.name
-    tags = {**run_tags(cfg, data), NOTE_TAG: describe("final", cfg.model.sharing, cfg.seed)}
-    with tracker.run(
-        experiment, f"{cfg.model.sharing}-seed{cfg.seed}", tags, system_metrics_s=system_metrics_s(cfg)
-    ) as recorder:
-        result = trainer.fit(recorder)
-        result.run_id = recorder.run_id
-    return result
+    name = f"{cfg.model.sharing}-seed{cfg.seed}"
+    return tracked_fit(Tracker(uri), cfg, data, experiment, name, tags)[0]

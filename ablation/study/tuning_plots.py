@@ -30,7 +30,8 @@ def trials_table(study: object) -> pd.DataFrame:
     df = study.trials_dataframe(attrs=("number", "value", "state", "params"))  # type: ignore[attr-defined]
     if df.empty:
         return pd.DataFrame(columns=["number", "value", "state"])
-    return df.rename(columns=lambda c: c.removeprefix("params_"))
+    # a study with metric names (`set_metric_names`) calls its value column `value_<name>`
+    return df.rename(columns=lambda c: "value" if c.startswith("value_") else c.removeprefix("params_"))
 
 
 def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str) -> Figure:

@@ -13,7 +13,8 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,31 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablation.io import REPO_ROOT
+from ablation.runtime import INTERRUPTS
+from ablation.tracking.retry import configure_client_retries, retry_call
 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 # MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model training
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class RunSuperseded(Exception):
+    """The run's work was taken over by another worker (this one lost its lease): nothing more is written
+    to the run, which the other worker has ended."""
+
+
+class _Retried:
+    """An MlflowClient whose every call is retried through a store's restart (`retry_call`)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.raw = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.raw, name)
+        if not callable(method):
+            return method
+        return lambda *args, **kwargs: retry_call(method, *args, **kwargs)
 
 
 def resolve_tracking_uri(cli: str | None = None, config: str | None = None) -> str:
@@ -78,13 +99,16 @@ class Tracker:
         processes doing that at once leave it broken, so for sqlite that happens under a lock file beside it."""
         self.uri = uri
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per run start/stop
+        configure_client_retries()
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one progress line per run is ours
         if uri.startswith("sqlite:///"):
             from filelock import FileLock
 
             with FileLock(f"{uri[len('sqlite:///') :]}.lock"):
-                self.client = MlflowClient(tracking_uri=uri)
+                self.client = _Retried(retry_call(MlflowClient, tracking_uri=uri))
         else:
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = _Retried(MlflowClient(tracking_uri=uri))
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
@@ -117,8 +141,26 @@ class Tracker:
         runs = self.search(experiment, tags)
         if runs:
             return runs[0].info.run_id
-        all_tags = {**tags, **({PARENT_TAG: parent} if parent else {})}
-        return self.client.create_run(self.experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
+        return self.create_run(experiment, name, {**tags, **({PARENT_TAG: parent} if parent else {})})
+
+    def create_run(self, experiment: str, name: str, tags: Mapping[str, Any]) -> str:
+        """A new RUNNING run, made once although the call is retried: a retry after an answer lost in a
+        restart first looks for the run the lost call may have made (by a unique `run_key` tag)."""
+        exp_id = self.experiment_id(experiment)
+        key = uuid.uuid4().hex
+        all_tags = {**{k: str(v) for k, v in tags.items()}, "run_key": key}
+        attempts = 0
+
+        def create() -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                found = self.client.raw.search_runs([exp_id], f"tags.run_key = '{key}'")
+                if found:
+                    return found[0].info.run_id
+            return self.client.raw.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+
+        return retry_call(create)
 
     def search(
         self,
@@ -201,27 +243,40 @@ class Tracker:
         tags: dict[str, Any],
         parent: str | None = None,
         system_metrics_s: float | None = None,
+        guard: Callable[[], None] | None = None,
+        on_create: Callable[[str], None] | None = None,
     ) -> Iterator[RunRecorder]:
-        """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise. With
-        `system_metrics_s`, MLflow samples CPU, memory (and GPU) every that many seconds while it runs."""
+        """A run that is always ended: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise; left
+        alone when its work was taken over (`RunSuperseded`, raised by `guard` before any write or by a
+        write to a run that another worker deleted). With `system_metrics_s`, MLflow samples CPU, memory
+        (and GPU) every that many seconds while it runs. `on_create` gets the new run's id."""
         all_tags = {k: str(v) for k, v in tags.items()}
         if parent:
             all_tags[PARENT_TAG] = parent
-        run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=all_tags)
-        recorder = RunRecorder(self.client, run.info.run_id)
+        recorder: RunRecorder | None = None
         monitor = None
         try:
+            with INTERRUPTS.critical():  # a signal right after the run exists still ends it
+                recorder = RunRecorder(self.client, self.create_run(experiment, name, all_tags), guard=guard)
+            if on_create is not None:
+                on_create(recorder.run_id)
             if system_metrics_s:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                monitor = SystemMetricsMonitor(run.info.run_id, system_metrics_s, tracking_uri=self.uri)
+                monitor = SystemMetricsMonitor(recorder.run_id, system_metrics_s, tracking_uri=self.uri)
                 monitor.start()
             yield recorder
+        except RunSuperseded:
+            if recorder is not None:
+                recorder.abandon()
+            raise
         except KeyboardInterrupt:
-            recorder.end("KILLED", "interrupted")
+            if recorder is not None:
+                recorder.end("KILLED", "interrupted")
             raise
         except BaseException as exc:
-            recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
+            if recorder is not None:
+                recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             if monitor is not None:
@@ -232,22 +287,41 @@ class Tracker:
 class RunRecorder:
     """Writes params, tags, buffered metrics and artifacts to one run."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 500) -> None:
+    def __init__(
+        self, client: Any, run_id: str, flush_every: int = 500, guard: Callable[[], None] | None = None
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.flush_every = flush_every
+        self.guard = guard  # raises RunSuperseded when this worker lost the run: checked before each write
         self._buffer: list[Metric] = []
         self._ended = False
+
+    def _write(self, method: str, *args: Any, guarded: bool = True, **kwargs: Any) -> None:
+        """One write to the run, unless it was taken over (then RunSuperseded, and no write)."""
+        if guarded and self.guard is not None:
+            self.guard()
+        try:
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
+        except MlflowException:
+            if self.client.get_run(self.run_id).info.lifecycle_stage == "deleted":
+                raise RunSuperseded(f"run {self.run_id} was deleted by the worker that took its work over") from None
+            raise
+
+    def abandon(self) -> None:
+        """Stop writing: the run belongs to whoever took its work over."""
+        self._ended = True
+        self._buffer.clear()
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self._write("log_batch", params=items[i : i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+            self._write("log_batch", tags=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer finite metrics at `step` (non-finite values are skipped: MLflow would store NaN rows)."""
@@ -261,32 +335,29 @@ class RunRecorder:
     def flush(self) -> None:
         while self._buffer:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self._write("log_batch", metrics=chunk)
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        self._write("log_text", text, path)
 
     def log_artifact(self, local_path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), folder)
+        self._write("log_artifact", str(local_path), folder)
 
     def end(self, status: str, reason: str | None = None) -> None:
-        """Flush and terminate once; a failure reason goes into the `failure` tag."""
+        """Flush and terminate once (each call retried through a busy or restarting store, and not cut short
+        by a signal); a failure reason goes into the `failure` tag. A FINISHED end is checked by `guard`."""
         if self._ended:
             return
         self._ended = True
+        finishing = status == "FINISHED"
         try:
             self.flush()
-        finally:
-            for attempt in range(5):  # a store busy with other workers ending their runs: try again
-                try:
-                    if reason:
-                        self.client.set_tag(self.run_id, "failure", reason[:5000])
-                    self.client.set_terminated(self.run_id, status)
-                    break
-                except MlflowException:
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.5 * (attempt + 1))
+            if reason:
+                self._write("set_tag", "failure", reason[:5000], guarded=finishing)
+            self._write("set_terminated", status, guarded=finishing)
+        except RunSuperseded:
+            if finishing:
+                raise  # not FINISHED: the run is the other worker's now
 
 
 def package_versions() -> dict[str, str]:

@@ -101,10 +101,11 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def _start_two_workers(corpus: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def _start_two_workers(corpus: Path, tmp_path: Path, workers: int = 2) -> tuple[subprocess.Popen, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
-        *(sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus), "--workers", "2"),
+        *(sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus)),
+        *("--workers", str(workers)),
         *("--tracking-uri", uri, "--run-dir", str(tmp_path / "run"), "--no-report"),
         *[a for s in [*FIXTURE, "train.epochs=30"] for a in ("--set", s)],
     ]
@@ -167,3 +168,20 @@ def test_workers_die_with_their_parent(corpus: Path, tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in workers)
     statuses = _statuses(uri)
     assert statuses["trial"].count("KILLED") == 2, (statuses, err[-3000:])  # each worker ended its run
+    # and the parent's runs, which it could not end itself
+    assert statuses["study"] == ["KILLED"] and statuses["arm"] == ["KILLED", "KILLED"], statuses
+    assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_ends_its_runs_killed(corpus: Path, tmp_path: Path) -> None:
+    import signal
+
+    proc, uri = _start_two_workers(corpus, tmp_path, workers=1)
+    _wait_for_trials(proc, uri, n=1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    statuses = _statuses(uri)
+    assert statuses["trial"] == ["KILLED"] and statuses["study"] == ["KILLED"], statuses
+    assert statuses["arm"] == ["KILLED", "KILLED"] and "Traceback" not in err, (statuses, err[-2000:])

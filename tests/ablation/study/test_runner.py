@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from ablation.config import load_config
+from ablation.config import ExperimentConfig, load_config
+from ablation.study.queue import startup_points
 from ablation.study.runner import run_study, threads_per_worker
-from ablation.study.tuning import KILL_AFTER_TRIALS
+from ablation.study.worker import KILL_AFTER_TRIALS
 from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
 
@@ -88,7 +89,12 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     trials = optuna.load_study(study_name="smoke-shared", storage=storage).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    states = [t.state for t in trials]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.WAITING,
+    ]
     assert any(r.info.status == "RUNNING" for r in _runs(uri))  # the kill left work behind
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -97,13 +103,26 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
     assert "unshared final seed 2: val/retrieval/acc_at_1/mean 0." in progress[-1]
     assert "10 of 10 runs done, 0 left" in progress[-1]  # counted across processes, from MLflow
     _check_totals(uri, 3, 2)
+    _check_distinct_points(storage, load_config(SMOKE, sets))
+
+
+def _check_distinct_points(storage: optuna.storages.BaseStorage, cfg: ExperimentConfig) -> None:
+    """Within each arm the used trials have distinct parameters, and they are the points drawn from
+    tuning_seed for their slots, the same in every arm (a retried slot keeps its point)."""
+    expected = startup_points(cfg)
+    for arm in cfg.study.arms:
+        trials = optuna.load_study(study_name=f"smoke-{arm}", storage=storage).get_trials()
+        done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        points = [tuple(sorted(t.params.items())) for t in done]
+        assert len(done) == cfg.study.n_trials and len(set(points)) == len(points), points
+        assert sorted(points) == sorted(tuple(sorted(p.items())) for p in expected)
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
+def test_three_workers_share_one_study_with_distinct_trials(corpus: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(SMOKE, [*FIXTURE, "study.n_trials=3"])
-    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=2)
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=3)
     _check_totals(uri, 3, 2)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
     pids = set()
@@ -111,7 +130,8 @@ def test_two_workers_share_one_study(corpus: Path, tmp_path: Path) -> None:
         trials = optuna.load_study(study_name=f"smoke-{arm}", storage=storage).get_trials()
         assert len(trials) == 3  # the budget held although two processes asked for trials
         pids |= {t.user_attrs["pid"] for t in trials}
-    assert len(pids) == 2 and str(os.getpid()) not in pids  # both worker processes did tuning work
+    assert len(pids) >= 2 and str(os.getpid()) not in pids  # the worker processes did the tuning work
+    _check_distinct_points(storage, cfg)
 
 
 @pytest.mark.slow

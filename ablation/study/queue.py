@@ -1,0 +1,134 @@
+"""Work items as enqueued Optuna trials: filling a queue's slots, taking the next item, and holding it.
+
+Each queue has fixed slots: tuning trial 0 … n_trials − 1, one final run per seed, one zero-shot run. A slot
+is enqueued once (`enqueue_trial`, with its index or seed as the user attribute `slot`); a trial of a
+stopped worker is failed and enqueued again with the same slot and parameters. A slot counts once: a
+trial popped for a slot that another trial already holds or used (a race after a lost lock, an Optuna
+`ask` on an empty queue) is failed as surplus and never run, so budgets are exact by construction.
+
+Tuning points: the first min(n_trials, 10) slots carry points drawn once from `study.tuning_seed` (the same
+for every arm: the comparison stays paired); later slots are sampled by TPE seeded from (tuning_seed, trial
+number) when they are taken. So no two trials of an arm share parameters, whatever the number of
+processes, machines and resumes.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ablation.config import ExperimentConfig, replace_path
+from ablation.study.context import SLOT, StudyContext, used
+from ablation.study.storage import Held, fail_stale
+from ablation.tracking.store import RunSuperseded
+
+STARTUP = 10  # TPE's own number of random startup trials: these are the enqueued fixed points
+
+
+def startup_points(cfg: ExperimentConfig) -> list[dict[str, float]]:
+    """The fixed tuning points of the first slots, drawn by Optuna's random sampler under tuning_seed."""
+    space = sorted(cfg.study.search_space.items())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.study.tuning_seed))
+    points = []
+    for _ in range(min(cfg.study.n_trials, STARTUP)):
+        trial = study.ask()
+        points.append({k: trial.suggest_float(k, p.low, p.high, log=p.log) for k, p in space})
+        study.tell(trial, 0.0)
+    return points
+
+
+def slots(ctx: StudyContext, kind: str) -> dict[int, dict[str, float]]:
+    """slot → its fixed parameters (empty: sampled when taken)."""
+    s = ctx.cfg.study
+    if kind == "tuning":
+        points = startup_points(ctx.cfg)
+        return {i: points[i] if i < len(points) else {} for i in range(s.n_trials)}
+    if kind == "final":
+        return {seed: {} for seed in s.seeds}
+    return {0: {}}
+
+
+def fill(ctx: StudyContext, kind: str, queue: optuna.Study, held: Held) -> None:
+    """Enqueue every slot that no trial holds, waits for or used (idempotent: any number of callers)."""
+    taken = {
+        t.user_attrs.get(SLOT)
+        for t in queue.get_trials(deepcopy=False)
+        if t.state in (TrialState.WAITING, TrialState.RUNNING) or used(t)
+    }
+    for slot, params in slots(ctx, kind).items():
+        if slot not in taken:
+            held.check()
+            queue.enqueue_trial(params, user_attrs={SLOT: slot}, skip_if_exists=False)
+
+
+def pop(ctx: StudyContext, kind: str, queue: optuna.Study, held: Held) -> optuna.Trial | None:
+    """The next waiting item of `queue`, now held by this worker (None: nothing waits)."""
+    while True:
+        fail_stale(queue, ctx.liveness, ctx.on_stale)
+        if not queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        held.check()
+        with warnings.catch_warnings():  # Optuna expects heartbeats with `optimize`; we beat ourselves
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = queue.ask()
+        slot = trial.user_attrs.get(SLOT)
+        rivals = [
+            t
+            for t in queue.get_trials(deepcopy=False)
+            if t.number != trial.number
+            and t.user_attrs.get(SLOT) == slot
+            and (t.state == TrialState.RUNNING or used(t))
+        ]
+        if slot is None or rivals:
+            trial.set_user_attr("surplus", True)
+            queue.tell(trial, state=TrialState.FAIL)
+            continue
+        for key, value in ctx.me.items():
+            trial.set_user_attr(key, value)
+        if ctx.heartbeats:
+            ctx.storage.record_heartbeat(trial._trial_id)
+        return trial
+
+
+def sample(ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial, cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with the trial's parameters: fixed or retried ones as they are, new ones from TPE seeded by
+    (tuning_seed, trial number)."""
+    seed = int(np.random.SeedSequence([ctx.cfg.study.tuning_seed, trial.number]).generate_state(1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        queue.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP)
+    for key, space in sorted(ctx.cfg.study.search_space.items()):
+        cfg = replace_path(cfg, key, trial.suggest_float(key, space.low, space.high, log=space.log))
+    return cfg
+
+
+class TrialLease:
+    """This worker's hold on the item it runs: heartbeats on a database (each `beat`, by the watcher thread
+    every lease_s / 4), and whether the trial is still its own. `guard()` runs before every write of the
+    item's run and before its outcome is told: a worker that was stopped so long that the others failed
+    its trial finds out there, writes nothing more and steps aside (RunSuperseded)."""
+
+    def __init__(self, ctx: StudyContext, trial: optuna.Trial) -> None:
+        self.ctx, self.trial_id, self.number = ctx, trial._trial_id, trial.number
+        self.grace = ctx.cfg.study.lease_s
+        self.last_ok = time.monotonic()
+        self.lost = False
+
+    def beat(self) -> None:
+        storage = self.ctx.storage
+        if self.ctx.heartbeats:
+            storage.record_heartbeat(self.trial_id)
+        if storage.get_trial(self.trial_id).state != TrialState.RUNNING:
+            self.lost = True
+        else:
+            self.last_ok = time.monotonic()
+
+    def guard(self) -> None:
+        if not self.lost and time.monotonic() - self.last_ok > self.grace / 2:
+            self.beat()  # no beat for a while: this process may have been stopped
+        if self.lost:
+            raise RunSuperseded(f"trial {self.number} was failed while this worker was stopped; it is retried")

@@ -1,0 +1,235 @@
+"""The study's Optuna storage and what keeps many workers honest on it.
+
+Optuna's own engine does most of it: the storage, its queue (`enqueue_trial`; `ask` pops a waiting trial),
+trial heartbeats on database storages (`record_heartbeat`, `fail_stale_trials`, judged by the database's
+clock against a grace period of `study.lease_s`), and the retry of a stale trial with the same parameters
+and attributes (`RetryHeartbeatStaleTrialCallback`). What the harness adds is small:
+
+- retries of every storage call through a database restart (tenacity, `tracking/retry.py`);
+- liveness on the journal file (one machine), which has no heartbeats: each worker holds an `flock` on a file
+  of its own for its lifetime, so the operating system ends it with the process (no host or pid guesses);
+- the study lock, held for the short steps that must not interleave (setting up, taking the next item): a
+  file lock on one machine; with PostgreSQL a transaction-level advisory lock whose session the server
+  ends after `lease_s` idle (`idle_in_transaction_session_timeout`) while a keeper thread of a live holder
+  keeps it busy, so a frozen or cut-off holder loses the lock within `lease_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import functools
+import hashlib
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+from filelock import FileLock
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from ablation.tracking.retry import retry_call
+
+IDENTITY = ("worker", "host", "pid")  # user attributes naming the worker that runs a trial
+StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class LockLost(RuntimeError):
+    """The study lock was taken from this worker (it was frozen, or the database restarted)."""
+
+
+def is_postgres(url: str | None) -> bool:
+    return bool(url) and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")  # type: ignore[union-attr]
+
+
+def _retried(method: Callable) -> Callable:
+    def call(self: RDBStorage, *args: object, **kwargs: object) -> object:
+        return retry_call(method, self, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"optuna storage {method.__name__}"
+    return call
+
+
+@functools.cache
+def retrying_rdb_storage() -> type[RDBStorage]:
+    """Optuna's RDB storage, each of whose calls is retried through a database restart."""
+    names = [*BaseStorage.__abstractmethods__, "record_heartbeat", "_get_stale_trial_ids", "get_best_trial"]
+    return type("RetryingRDBStorage", (RDBStorage,), {n: _retried(getattr(RDBStorage, n)) for n in names})
+
+
+def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a stale trial again with the same parameters and item attributes, minus the dead worker's name."""
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (*IDENTITY, "mlflow_run_id")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback()(study, clean)
+
+
+def open_storage(url: str | None, run_dir: Path, lease_s: float, on_stale: StaleCallback) -> BaseStorage:
+    """The study's storage: a database (with trial heartbeats every lease_s / 4 and a grace period of
+    lease_s), or the journal file in the run folder."""
+    if url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return retry_call(
+                retrying_rdb_storage(),
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=max(1, round(lease_s / 4)),
+                grace_period=max(1, round(lease_s)),
+                heartbeat_stale_trial_callback=on_stale,
+            )
+    return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+
+
+def heartbeats(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
+
+
+class WorkerFile:
+    """One machine: this worker is alive while it holds an flock on `workers/<id>.alive` in the run folder;
+    the kernel releases it when the process ends, however it ends."""
+
+    def __init__(self, folder: Path, worker: str) -> None:
+        self.folder = folder / "workers"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.worker = worker
+        self._fd = os.open(self.folder / f"{worker}.alive", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def alive(self, worker: object) -> bool:
+        if worker == self.worker:
+            return True
+        if not isinstance(worker, str) or not worker.isalnum():
+            return False
+        path = self.folder / f"{worker}.alive"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # its owner is gone: the file has served
+        return False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / f"{self.worker}.alive").unlink()
+            os.close(self._fd)
+
+
+def fail_stale(study: optuna.Study, liveness: WorkerFile | None, on_stale: StaleCallback) -> None:
+    """Fail the running trials whose worker is gone, each once, and hand each to `on_stale` (which queues it
+    again): Optuna's heartbeat check on a database (`liveness` None), the workers' flocks on the journal."""
+    storage = study._storage
+    if liveness is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if liveness is None or liveness.alive(trial.user_attrs.get("worker")):
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                on_stale(study, storage.get_trial(trial._trial_id))
+
+
+class Held:
+    """A held study lock; `check()` before a write that must not happen without it."""
+
+    def check(self) -> None:
+        """Raise LockLost if the lock was taken from this holder."""
+
+
+class _PgHeld(Held):
+    def __init__(self, conn: sa.Connection, lease_s: float) -> None:
+        self.conn, self.lease_s = conn, lease_s
+        self.last_ok = time.monotonic()
+        self.lost = False
+        self._use = threading.Lock()
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, name="study-lock-keeper", daemon=True)
+        self._keeper.start()
+
+    def _touch(self) -> None:
+        with self._use:
+            try:
+                self.conn.execute(sa.text("SELECT 1"))
+            except sa.exc.SQLAlchemyError:
+                self.lost = True
+                return
+        self.last_ok = time.monotonic()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.lease_s / 4) and not self.lost:
+            self._touch()
+
+    def check(self) -> None:
+        if not self.lost and time.monotonic() - self.last_ok > self.lease_s / 2:
+            self._touch()  # a gap since the last touch: this process may have been frozen
+        if self.lost:
+            raise LockLost("the study lock was taken over (this worker was stopped, or the database restarted)")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._keeper.join()
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self.conn.rollback()  # ends the transaction, and its advisory lock with it
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self.conn.close()
+
+
+class StudyLock:
+    """The study's exclusive lock: see the module's docstring."""
+
+    def __init__(self, storage_url: str | None, study: str, run_dir: Path, lease_s: float) -> None:
+        self.run_dir, self.lease_s = run_dir, lease_s
+        self.key = int.from_bytes(hashlib.sha256(f"ablation:{study}".encode()).digest()[:8], "big", signed=True)
+        self.engine = (
+            sa.create_engine(storage_url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+            if is_postgres(storage_url)
+            else None
+        )
+
+    def _acquire(self) -> sa.Connection:
+        conn = self.engine.connect()  # type: ignore[union-attr]
+        try:
+            ms = max(1000, int(self.lease_s * 1000))
+            conn.execute(sa.text(f"SET idle_in_transaction_session_timeout = {ms}"))
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.key})
+        except BaseException:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[Held]:
+        if self.engine is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.run_dir / "study.lock"):
+                yield Held()
+            return
+        held = _PgHeld(retry_call(self._acquire), self.lease_s)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()

@@ -1,0 +1,269 @@
+"""One worker's loop: take the next work item from the study's queues (the zero-shot run, tuning trials per
+arm, final seeds of each arm whose tuning is done), run it, tell Optuna its outcome; wait while other live
+workers hold the last items; return when nothing is open. A background watcher beats this worker's
+heartbeat and fails the trials of stopped workers within `lease_s`, even while everyone is mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from ablation.config import ExperimentConfig, replace_path
+from ablation.study.context import COUNTED, POLL_S, SLOT, StudyContext, used
+from ablation.study.queue import TrialLease, fill, pop, sample, slots
+from ablation.study.storage import LockLost, fail_stale, retry_stale
+from ablation.study.tracked_run import describe, run_tags, tracked_fit
+from ablation.tracking.store import NOTE_TAG, RunSuperseded
+from ablation.training.trainer import NonFiniteLoss
+
+KILL_AFTER_TRIALS = "ABLATION_KILL_AFTER_TRIALS"
+"""Fault injection, for tests of resume: with this variable set to N, a process that has finished N trials
+kills itself with SIGKILL after the first epoch of its next trial, leaving a RUNNING trial and MLflow run
+behind exactly as a crash or `kill -9` would."""
+
+STOP_AT = "ABLATION_STOP_AT"
+"""Fault injection, for tests of frozen machines: `lock` stops this process (SIGSTOP) right after it first
+takes the study lock, `final` in the first epoch of its first final run; a test resumes it with SIGCONT."""
+
+Item = tuple[str, str, optuna.Study, optuna.Trial, ExperimentConfig]
+
+
+def best_params(queue: optuna.Study) -> dict[str, float]:
+    """The best complete trial's parameters (empty when no trial completed: the defaults)."""
+    if not queue.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return {}
+    return queue.best_trial.params
+
+
+def _all_used(ctx: StudyContext, kind: str, queue: optuna.Study) -> bool:
+    done = {t.user_attrs.get(SLOT) for t in queue.get_trials(deepcopy=False) if used(t)}
+    return set(slots(ctx, kind)) <= done
+
+
+def _next(ctx: StudyContext) -> Item | None:
+    """Under the study lock: the next item this worker can run, taken from its queue."""
+    with ctx.lock() as held:
+        _stop_here("lock")
+        for kind, arm, queue in ctx.queues():
+            if kind == "final" and not _all_used(ctx, "tuning", ctx.queue("tuning", arm)):
+                continue  # its best parameters are not known yet
+            fill(ctx, kind, queue, held)
+            trial = pop(ctx, kind, queue, held)
+            if trial is None:
+                continue
+            cfg = replace_path(ctx.cfg, "model.sharing", arm) if arm else ctx.cfg
+            if kind == "tuning":
+                cfg = sample(ctx, queue, trial, replace_path(cfg, "seed", ctx.cfg.study.tuning_seed))
+            elif kind == "final":
+                for key, value in best_params(ctx.queue("tuning", arm)).items():
+                    cfg = replace_path(cfg, key, value)
+                cfg = replace_path(cfg, "seed", trial.user_attrs[SLOT])
+            return kind, arm, queue, trial, cfg
+    return None
+
+
+def _stop_here(point: str) -> None:
+    if os.environ.get(STOP_AT) == point:
+        os.environ.pop(STOP_AT)  # once
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def open_items(ctx: StudyContext) -> bool:
+    """Whether any queue still has work: an item waiting or running, or a slot not used yet."""
+    return not all(_all_used(ctx, kind, queue) for kind, _, queue in ctx.queues())
+
+
+def work(ctx: StudyContext) -> None:
+    """Run items until no queue has work left (see the module's docstring)."""
+    watcher = Watcher(ctx)
+    try:
+        while True:
+            try:
+                item = _next(ctx)
+            except LockLost as exc:
+                print(f"warning: {exc}; taking the next item again", file=sys.stderr, flush=True)
+                continue
+            if item is not None:
+                _run(ctx, *item)
+            elif not open_items(ctx):
+                return
+            else:
+                time.sleep(POLL_S)
+    finally:
+        watcher.stop()
+
+
+def _run(
+    ctx: StudyContext, kind: str, arm: str, queue: optuna.Study, trial: optuna.Trial, cfg: ExperimentConfig
+) -> None:
+    """Run one item and tell Optuna how it ended. An interrupted or crashed item is failed and queued again;
+    one taken over while this worker was stopped is left to the taker."""
+    lease = ctx.lease = TrialLease(ctx, trial)
+    start = time.monotonic()
+    try:
+        value, pruned = (
+            _zero_shot(ctx, queue, trial, lease) if kind == "zero-shot" else _train(ctx, kind, queue, trial, cfg, lease)
+        )
+        lease.guard()
+        label = "" if kind == "zero-shot" else str(trial.number) if kind == "tuning" else f"seed {cfg.seed}"
+        role = {"tuning": "trial"}.get(kind, kind)
+        ctx.progress.run_done(arm or "zero-shot", role, label, value, time.monotonic() - start, pruned)
+        if pruned:
+            _tell(queue, trial, state=TrialState.PRUNED)
+        elif value is None:
+            trial.set_user_attr(COUNTED, True)
+            _tell(queue, trial, state=TrialState.FAIL)
+        else:
+            _tell(queue, trial, value)
+    except RunSuperseded as exc:
+        print(f"warning: {exc}; this worker goes on with other work", file=sys.stderr, flush=True)
+    except NonFiniteLoss as exc:  # the run is FAILED with the reason; the slot is used, the study goes on
+        print(f"warning: {kind} {arm} {trial.number} failed: {exc}", file=sys.stderr, flush=True)
+        trial.set_user_attr(COUNTED, True)
+        trial.set_user_attr("failure", str(exc))
+        _tell(queue, trial, state=TrialState.FAIL)
+    except BaseException:
+        if not lease.lost:
+            _tell(queue, trial, state=TrialState.FAIL)
+            retry_stale(queue, ctx.storage.get_trial(trial._trial_id))
+        raise
+    finally:
+        ctx.lease = None
+
+
+def _tell(queue: optuna.Study, trial: optuna.Trial, value: float | None = None, **kw: TrialState) -> None:
+    """Tell an outcome, unless another worker failed the trial first (then it is dropped with a warning)."""
+    try:
+        queue.tell(trial, value, **kw)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        print(
+            f"warning: trial {trial.number} was failed by another worker ({exc}); its result is dropped",
+            file=sys.stderr,
+        )
+
+
+def _item_tags(ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial) -> dict[str, str]:
+    return {**ctx.me, "study": ctx.cfg.study.name, "optuna_study": queue.study_name, "optuna_trial": str(trial.number)}
+
+
+def _train(
+    ctx: StudyContext, kind: str, queue: optuna.Study, trial: optuna.Trial, cfg: ExperimentConfig, lease: TrialLease
+) -> tuple[float | None, bool]:
+    """A tuning trial (validation only, reported to Optuna each epoch, may be pruned) or a final run (tested)."""
+    objective, arm = ctx.cfg.study.objective, cfg.model.sharing
+    kill_after = os.environ.get(KILL_AFTER_TRIALS)
+
+    def on_epoch(epoch: int, val: dict[str, float]) -> None:
+        if kind == "final":
+            _stop_here("final")
+        lease.guard()
+        if kind != "tuning":
+            return
+        if kill_after and _finished_here(queue, ctx.me["worker"]) >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+        trial.report(val[objective], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    params = dict(trial.params) if kind == "tuning" else best_params(ctx.queue("tuning", arm))
+    tags = {
+        **_item_tags(ctx, queue, trial),
+        "role": "final" if kind == "final" else "trial",
+        "slot": str(trial.user_attrs[SLOT]),
+    }
+    if kind == "tuning":
+        tags["trial"] = str(trial.number)
+        tags[NOTE_TAG] = describe("trial", arm, cfg.seed, params, trial=f"trial {trial.number}")
+        name = f"{arm}-trial{trial.number}"
+    else:
+        tags.update({f"best.{k}": f"{v:.6g}" for k, v in params.items()})
+        tags[NOTE_TAG] = describe("final", arm, cfg.seed, params)
+        name = f"{arm}-seed{cfg.seed}"
+    result, state = tracked_fit(
+        ctx.tracker,
+        cfg,
+        ctx.data,
+        ctx.experiment,
+        name,
+        tags,
+        ctx.arm_runs[arm],
+        on_epoch,
+        run_test=kind == "final",
+        guard=lease.guard,
+        on_create=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+    )
+    value = result.val_history[-1].get(objective) if result.val_history else None
+    return value, state == "pruned"
+
+
+def _finished_here(queue: optuna.Study, worker: str) -> int:
+    return sum(
+        t.state != TrialState.RUNNING and t.user_attrs.get("worker") == worker for t in queue.get_trials(deepcopy=False)
+    )
+
+
+def _zero_shot(
+    ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial, lease: TrialLease
+) -> tuple[float | None, bool]:
+    """The pretrained encoder, untrained, on the validation and test splits: the reference row."""
+    from ablation.evaluation.zeroshot import ZeroShot
+    from ablation.runtime import describe_device, resolve_device
+
+    device = resolve_device(ctx.cfg.train.device)
+    tags = {
+        **run_tags(ctx.cfg, ctx.data),
+        **_item_tags(ctx, queue, trial),
+        "role": "zero-shot",
+        "arm": "zero-shot",
+        "device": describe_device(device),
+        NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
+    }
+    model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
+    on_create = lambda run_id: trial.set_user_attr("mlflow_run_id", run_id)  # noqa: E731
+    with ctx.tracker.run(ctx.experiment, "zero-shot", tags, guard=lease.guard, on_create=on_create) as rec:
+        ks = ctx.cfg.eval.ks
+        val = model.evaluate(ctx.data.val, ctx.cfg.eval.val_tasks, ks)
+        res = model.evaluate(ctx.data.test, ks=ks)
+        rec.log_metrics({f"val/{k}": v for k, v in val.metrics.items()}, step=0)
+        rec.log_metrics({f"test/{k}": v for k, v in {**res.metrics, **res.slice_sizes}.items()}, step=0)
+        rec.log_text(res.per_query.to_csv(index=False), "per_query_test.csv")
+    return val.metrics.get(ctx.cfg.study.objective.removeprefix("val/")), False
+
+
+class Watcher:
+    """A daemon thread that, every lease_s / 4, beats for the item this worker runs (and notices when it
+    was taken over) and fails the trials of stopped workers, which queues them again."""
+
+    def __init__(self, ctx: StudyContext) -> None:
+        self.ctx = ctx
+        self.queues = [q for _, _, q in ctx.queues()]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="study-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        ctx = self.ctx
+        while not self._stop.wait(ctx.cfg.study.lease_s / 4):
+            try:
+                lease = ctx.lease
+                if lease is not None:
+                    lease.beat()
+                if ctx.heartbeats:
+                    for queue in self.queues:
+                        fail_stale(queue, None, ctx.on_stale)
+                else:  # on the journal a trial is named after its worker just after it is taken: under the lock
+                    with ctx.lock():
+                        for queue in self.queues:
+                            fail_stale(queue, ctx.liveness, ctx.on_stale)
+            except Exception as exc:  # the main loop meets the same trouble and reports it; try again later
+                print(f"warning: watcher: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
