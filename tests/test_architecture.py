@@ -60,9 +60,9 @@ def test_layers_import_only_earlier_layers(layer: str) -> None:
             assert not bad, f"{name} imports {sorted(bad)}"
 
 
-def test_no_import_cycles() -> None:
+def test_no_import_cycles_counting_imports_inside_functions() -> None:
     graph = {
-        name: {m for i in _imports(path, True) for m in (i, i.rsplit(".", 1)[0]) if m in MODULES and m != name}
+        name: {m for i in _imports(path, False) for m in (i, i.rsplit(".", 1)[0]) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
     state: dict[str, int] = {}

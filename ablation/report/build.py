@@ -106,13 +106,10 @@ def _status(runs: StudyRuns, arms: list[str], study: dict) -> str:
     """`status: complete` only when the study run is FINISHED, every arm used its budget and every (arm,
     seed) has exactly one finished final run; else `status: incomplete`, with what is off."""
     off = [] if runs.study_run.info.status == "FINISHED" else [f"the study run is {runs.study_run.info.status}"]
-    n_trials = study.get("n_trials")
-    for arm in arms:
-        if n_trials is not None and runs.trials_used(arm) != n_trials:
-            off.append(f"{arm} used {runs.trials_used(arm)} of {n_trials} trials")
-        got = sorted(str(s) for s in runs.finals(arm)["seed"])
-        if got != sorted(str(s) for s in study.get("seeds") or []):
-            off.append(f"{arm} final seeds {got or 'none'}")
+    if study:  # the same accounting as the runner's (study/state.py)
+        off += runs.state.missing(
+            arms, study.get("seeds") or [], study.get("n_trials", 0), study.get("zero_shot", True)
+        )
     return "status: complete" if not off and study else "status: incomplete (" + "; ".join(off or ["no config"]) + ")"
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from ablation.errors import UserError
+from ablation.study.state import StudyState, study_state
 from ablation.tracking.store import Tracker
 
 HISTORY_KEYS = ("loss/total", "grad_norm/total", "grad_cosine/query_vs_candidate", "encoder_distance")
@@ -26,6 +27,7 @@ class StudyRuns:
     per_query: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)  # (arm, seed) → per-query ranks
     histories: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # (arm, seed, key) → step/value
     warnings: list[str] = field(default_factory=list)  # inconsistencies found while reading
+    state: StudyState = field(default_factory=StudyState)  # the accounting the runner judged complete with
 
     def finals(self, arm: str | None = None) -> pd.DataFrame:
         f = self.runs[(self.runs["role"] == "final") & (self.runs["status"] == "FINISHED")]
@@ -36,25 +38,21 @@ class StudyRuns:
 
     def trials_used(self, arm: str) -> int:
         """Trials that used the arm's budget: finished (complete or pruned), or failed on a non-finite loss."""
-        t = self.trials(arm)
-        nonfinite = t["failure"].fillna("").str.startswith("NonFiniteLoss")
-        return int(((t["status"] == "FINISHED") | ((t["status"] == "FAILED") & nonfinite)).sum())
+        return self.state.trials_used.get(arm, 0)
 
 
-def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """One FINISHED final run per (arm, seed) and one zero-shot run: the oldest counts, later copies are
-    relabelled `duplicate-final` / `duplicate-zero-shot` and named in a warning."""
+def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], StudyState]:
+    """The study's accounting (`study/state.py`, as the runner keeps it), with one FINISHED final run per
+    (arm, seed) and one zero-shot run: the oldest counts, later copies are relabelled `duplicate-final` /
+    `duplicate-zero-shot` and named in a warning."""
     if frame.empty:
-        return frame, []
+        return frame, [], StudyState()
     frame, warnings = frame.copy(), []
-    for role, keys in (("final", ["arm", "seed"]), ("zero-shot", ["role"])):
-        done = frame[(frame["role"] == role) & (frame["status"] == "FINISHED")].sort_values("start_time")
-        extra = done[done.duplicated(keys, keep="first")]
-        for _, row in extra.iterrows():
-            what = f"{row['arm']} seed {row['seed']}" if role == "final" else "the zero-shot run"
-            warnings.append(f"{what}: run {row['run_id']} duplicates an earlier finished run and is not counted")
-        frame.loc[frame["run_id"].isin(extra["run_id"]), "role"] = f"duplicate-{role}"
-    return frame, warnings
+    state = study_state(frame.to_dict("records"))
+    for what, run_id, role in state.duplicates():
+        warnings.append(f"{what}: run {run_id} duplicates an earlier finished run and is not counted")
+        frame.loc[frame["run_id"] == run_id, "role"] = role
+    return frame, warnings, state
 
 
 def _frame(runs: list) -> pd.DataFrame:
@@ -90,8 +88,9 @@ def read_study(name: str, tracking_uri: str, experiment: str | None = None) -> S
         raise UserError(f"report: no study named {name!r} in {tracking_uri} (run `ablation run` first)")
     study_run = study[0]  # the oldest
     text = tracker.read_text(study_run.info.run_id, "config.yaml")  # None: the study did not finish
-    frame, warnings = _dedupe(_frame(runs))
-    out = StudyRuns(name, (yaml.safe_load(text) if text else None) or {}, study_run, frame, warnings=warnings)
+    frame, warnings, state = _dedupe(_frame(runs))
+    config = (yaml.safe_load(text) if text else None) or {}
+    out = StudyRuns(name, config, study_run, frame, warnings=warnings, state=state)
     for _, row in out.runs[
         out.runs["role"].isin(["final", "zero-shot"]) & (out.runs["status"] == "FINISHED")
     ].iterrows():

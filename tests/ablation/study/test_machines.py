@@ -37,6 +37,7 @@ class Services:
     storage: str  # Optuna storage URL
     tracking: str  # MLflow server URL
     pg: Postgres
+    server: MlflowServer
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def services() -> Iterator[Services]:
         storage = pg.create_database("optuna")
         server = MlflowServer(pg.create_database("mlflow"), folder / "artifacts", free_port(), folder / "mlflow.log")
         server.start()
-        yield Services(storage, server.url, pg)
+        yield Services(storage, server.url, pg, server)
     finally:
         if server is not None:
             server.stop()
@@ -192,7 +193,9 @@ def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_pa
     assert waited < LEASE_S + 10 and recovery < LEASE_S + 10
 
 
-def test_machines_survive_a_database_restart(corpus: Path, tmp_path: Path, services: Services) -> None:
+def test_machines_survive_a_database_and_a_tracking_server_restart(
+    corpus: Path, tmp_path: Path, services: Services
+) -> None:
     study = "smoke-restart"
     machines = [_machine(corpus, services, tmp_path / f"r{i}", study, sets=("train.epochs=4",)) for i in range(2)]
     client = MlflowClient(services.tracking)
@@ -210,6 +213,10 @@ def test_machines_survive_a_database_restart(corpus: Path, tmp_path: Path, servi
         services.pg.stop()
         time.sleep(3)
         services.pg.start()
+    _wait(trials_done(5), 600, "5 finished trials")
+    services.server.stop()  # and the tracking server, for as long as it takes to start again
+    time.sleep(3)
+    services.server.start()
     for i, p in enumerate(machines):
         assert p.wait(timeout=900) == 0, _log(tmp_path / f"r{i}")
     _check_study(services, study, tmp_path)

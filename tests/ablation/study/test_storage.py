@@ -1,0 +1,70 @@
+"""Liveness on one machine is the operating system's: a worker is alive while it holds the flock on its file,
+whatever its host name or pid, and a dead worker's running trial is failed and queued again with its slot
+and parameters (and without the dead worker's name)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from ablation.study.storage import WorkerFile, fail_stale, retry_stale
+from tests.conftest import REPO
+
+HOLD = "import sys, time; from pathlib import Path; from ablation.study.storage import WorkerFile; "
+HOLD += "WorkerFile(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(600)"
+
+
+def _holder(folder: Path, worker: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), worker], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_worker_is_alive_exactly_while_its_process_runs(tmp_path: Path) -> None:
+    me = WorkerFile(tmp_path, "me0")
+    other = _holder(tmp_path, "other0")
+    try:
+        assert me.alive("me0") and me.alive("other0")
+        assert not me.alive("never0") and not me.alive(None) and not me.alive("../x")
+    finally:
+        other.kill()
+        other.wait()
+    assert not me.alive("other0")  # killed with -9: the kernel released its lock
+    assert not (tmp_path / "workers" / "other0.alive").exists()  # and the file is cleaned up
+    me.close()
+
+
+def test_a_dead_workers_trial_is_failed_and_queued_again_with_its_point(tmp_path: Path) -> None:
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 0.25}, user_attrs={"slot": 0})
+    study.enqueue_trial({"x": 0.75}, user_attrs={"slot": 1})
+    live = _holder(tmp_path, "live0")
+    dead = _holder(tmp_path, "dead0")
+    dead.kill()
+    dead.wait()
+    trials = [study.ask(), study.ask()]
+    for trial, worker in zip(trials, ("live0", "dead0"), strict=True):
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("host", "a-host-that-no-longer-exists")
+    retried: list[int] = []
+    me = WorkerFile(tmp_path, "me0")
+    try:
+        fail_stale(study, me, lambda s, t: (retried.append(t.number), retry_stale(s, t)))
+    finally:
+        live.kill()
+        live.wait()
+        me.close()
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[0] == TrialState.RUNNING and states[1] == TrialState.FAIL and retried == [1]
+    again = study.get_trials(states=(TrialState.WAITING,))
+    assert len(again) == 1 and again[0].params == {"x": 0.75} and again[0].user_attrs == {"slot": 1}
