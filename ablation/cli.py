@@ -201,7 +201,7 @@ def _cmd_services(args: argparse.Namespace) -> int:
                 pg.create_database(name)
             (folder / ".databases").write_text("optuna mlflow\n")
         server = MlflowServer(pg.url("mlflow"), folder / "artifacts", args.port, folder / "mlflow.log").start()
-        print(f"PostgreSQL: {pg.url('optuna')} (Optuna storage and leases)")
+        print(f"PostgreSQL: {pg.url('optuna')} (Optuna storage and the study lock)")
         print(f"MLflow:     {server.url} (tracking server, PostgreSQL backend; artifacts in {folder / 'artifacts'})")
         print(f"use: make ablation ARGS='--tracking-uri {server.url} --set study.storage={pg.url('optuna')}'")
         print("Ctrl-C stops both (the data stays in the folder for the next start)", flush=True)
