@@ -15,7 +15,7 @@ from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.figures import report_figures
-from ablation.report.findings import comparison_section, tuning_section, verdict, zero_shot_section
+from ablation.report.findings import comparison_section, tuning_notes, tuning_section, verdict, zero_shot_section
 from ablation.report.publish import publish
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
@@ -146,7 +146,9 @@ def build_report(
     table = summary(runs, arms, rerank_k)
     comp = comparisons(runs, arms)
     zs = against_zero_shot(runs, arms)
-    publish(uri, runs, arms, comp)
+    mode = objective.split("/")[1] if objective.count("/") == 3 else "retrieval"
+    answer = verdict(comp, zs, arms, mode)
+    publish(uri, runs, arms, comp, answer)
     figures = report_figures(runs, arms, objective, cfg_study.get("direction", "maximize") == "maximize")
     images = {}
     for name, fig in figures.items():
@@ -154,13 +156,13 @@ def build_report(
         fig.savefig(buf, format="png", dpi=110)
         images[name] = buf.getvalue()
 
-    mode = objective.split("/")[1] if objective.count("/") == 3 else "retrieval"
     sections = [
         Section(
             "Verdict",
-            f"The answer on the study's objective metric ({mode} acc@1), with its 95 % interval "
-            "over seeds and queries; details in the comparison below.",
-        ).p(verdict(comp, arms, mode)),
+            f"The answer on the study's objective metric ({mode} acc@1), with intervals over seeds and queries "
+            "that are adjusted for the number of comparisons (they exclude 0 exactly when a difference is "
+            "called); details in the comparison below.",
+        ).p(answer),
         _header(runs, arms),
     ]
     notes = _missing(runs, arms, seeds) + runs.warnings
@@ -244,7 +246,8 @@ def build_report(
             if name in images:
                 sec.figure(name, caption)
         sections.append(sec)
-    sections.append(tuning_section(runs, arms, images))
+    maximize = cfg_study.get("direction", "maximize") == "maximize"
+    sections.append(tuning_section(runs, arms, images, tuning_notes(runs, arms, objective, maximize)))
 
     title = f"Ablation report: {study}"
     out.mkdir(parents=True, exist_ok=True)

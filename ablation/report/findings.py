@@ -3,12 +3,14 @@ against the untrained encoder, and tuning."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from ablation.report.reader import StudyRuns
 from ablation.report.render import Section, Table
-from ablation.report.stats import MIN_SEEDS, Comparison, describe
+from ablation.report.stats import MIN_SEEDS, Comparison, describe, detectable
 
 
 def _comparison(row: pd.Series) -> Comparison:
@@ -20,6 +22,8 @@ def _comparison(row: pd.Series) -> Comparison:
         int(row["n_queries"]),
         int(row["n_seeds"]),
         row["p_adjusted"],
+        float(row.get("se", float("nan"))),
+        float(row.get("df", float("nan"))),
     )
 
 
@@ -30,52 +34,104 @@ def _slice_words(slice_: str, n: int) -> str:
     }.get(slice_, f"the {slice_} slice ({n:,} queries)")
 
 
-def verdict(comp: pd.DataFrame, arms: list[str], mode: str) -> str:
-    """The answer in one sentence: which arm, by how much, on which slice, with its interval, or that no
-    difference was detected (or that too few seeds ran to tell)."""
-    if comp.empty:
+SIDES = {"shared": "one encoder shared by the argument and the candidate side (Siamese)", "unshared": "separate towers"}
+
+
+def _effect(c: Comparison) -> str:
+    """`+0.012 (adjusted CI −0.010 to +0.034)`."""
+    return f"{c.diff:+.3f} (adjusted 95 % CI {c.low:+.3f} to {c.high:+.3f})"
+
+
+def _against(c: Comparison) -> str:
+    if not c.seed_variance_known:
+        return "cannot be told apart with so few seeds"
+    if not c.significant:
+        return "does not differ detectably from it"
+    return f"beats it by {c.diff:.3f}" if c.diff > 0 else f"loses {-c.diff:.3f} to it"
+
+
+def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) -> str:
+    """The answer as a paragraph that cannot be misread: the question, the sharing effect on the objective's
+    metric on all and unseen queries with the intervals that make the call, each arm against the untrained
+    encoder on the same queries, the plain reading, and a size caveat where the study is too small to detect
+    the effect it measured. The same text is the MLflow experiment's and study run's description."""
+    if comp.empty or len(arms) < 2:
         return "No verdict: fewer than two arms have finished final runs with per-query results."
+    ref = arms[0]
+    question = (
+        f"Question: does {ref} ({SIDES.get(ref, ref)}) beat "
+        + " and ".join(f"{a} ({SIDES.get(a, a)})" for a in arms[1:])
+        + f"? Measured on mean {mode} acc@1 over the 8 test tasks, paired by seed and query."
+    )
     head = comp[(comp["task"] == "mean") & (comp["mode"] == mode)].set_index(["arm", "slice"])
-    parts = []
-    for arm in head.index.get_level_values(0).unique():
+    zero = zs.set_index(["arm", "slice"]) if not zs.empty else pd.DataFrame()
+    sentences, readings, caveats = [question], [], []
+    for arm in arms[1:]:
         rows = {sl: _comparison(head.loc[(arm, sl)]) for sl in ("all", "unseen") if (arm, sl) in head.index}
         if not rows:
             continue
-        what = f"mean {mode} acc@1 over the 8 tasks"
-        seeds = min(c.n_seeds for c in rows.values())
-        if seeds < MIN_SEEDS:
-            parts.append(
-                f"{arm} vs {arms[0]} cannot be decided: with {seeds} seed(s) per arm the seed variance cannot be "
-                f"estimated (Δ {what} {describe(rows['all'])} on all queries)"
-            )
-            continue
-        sig = [sl for sl, c in rows.items() if c.significant]
-        if not sig:
-            parts.append(
-                f"no difference detected between {arm} and {arms[0]}: Δ {what} "
-                + "; ".join(f"{describe(c)} on {_slice_words(sl, c.n_queries)}" for sl, c in rows.items())
-            )
-            continue
-        sl = sig[0]
-        c = rows[sl]
-        better, worse = (arm, arms[0]) if c.diff > 0 else (arms[0], arm)
-        parts.append(
-            f"{better} beats {worse} by {abs(c.diff):.3f} {what} on {_slice_words(sl, c.n_queries)} "
-            f"({arm} − {arms[0]}: {describe(c)}, {c.n_seeds} seeds)"
-            + "".join(f"; on {_slice_words(o, rows[o].n_queries)}: {describe(rows[o])}" for o in rows if o != sl)
+        sentences.append(
+            f"{arm} − {ref}: "
+            + "; ".join(f"{_effect(c)} on {_slice_words(sl, c.n_queries)}" for sl, c in rows.items())
+            + f" ({min(c.n_seeds for c in rows.values())} seeds)."
         )
-    text = "; ".join(parts) if parts else "No verdict: no comparison could be made."
-    return text[0].upper() + text[1:] + "."
+        for sl, c in rows.items():
+            where = _slice_words(sl, c.n_queries)
+            if not c.seed_variance_known:
+                readings.append(f"with {c.n_seeds} seed(s) per arm no call can be made on {where}")
+            elif c.significant:
+                better, worse = (arm, ref) if c.diff > 0 else (ref, arm)
+                readings.append(f"{better} beats {worse} by {abs(c.diff):.3f} on {where}")
+            else:
+                readings.append(f"no difference between {arm} and {ref} is detected on {where}")
+            row = head.loc[(arm, sl)]
+            mde = detectable(
+                float(row["se"]), float(row["df"]), int((comp["family"] == "headline").sum() / (len(arms) - 1))
+            )
+            if not c.significant and (math.isnan(mde) or abs(c.diff) < mde):
+                caveats.append(
+                    f"on {where} it would find a difference only from ±{mde:.3f} on (80 % power at the Holm level), "
+                    f"and the measured one, {c.diff:+.3f}, is smaller"
+                    if not math.isnan(mde)
+                    else f"on {where} the seed variance is unknown"
+                )
+    if not zero.empty:
+        for sl in ("all", "unseen"):
+            parts = [(a, _comparison(zero.loc[(a, sl)])) for a in arms if (a, sl) in zero.index]
+            if not parts:
+                continue
+            sentences.append(
+                f"Against the untrained encoder on {_slice_words(sl, parts[0][1].n_queries)}: "
+                + "; ".join(f"{a} − zero-shot {_effect(c)}" for a, c in parts)
+                + "."
+            )
+            better = [a for a, c in parts if c.significant and c.diff > 0]
+            worse = [(a, c) for a, c in parts if c.significant and c.diff < 0]
+            where = "unseen queries" if sl == "unseen" else "all queries"
+            if not better:
+                first = "neither arm beats" if len(parts) == 2 else "no arm beats"
+                readings.append(
+                    f"{first} the untrained encoder on {where}"
+                    + "".join(f"; {a} loses {-c.diff:.3f} to it" for a, c in worse)
+                )
+            else:
+                readings.append("; ".join(f"{a} {_against(c)} on {where}" for a, c in parts))
+    text = " ".join(sentences) + " Reading: " + "; ".join(readings) + "."
+    if caveats:
+        text += " Size: this study is too small to settle the question: " + "; ".join(caveats) + "."
+    return text
 
 
 def comparison_section(comp: pd.DataFrame, arms: list[str]) -> Section:
     s = Section(
         "Paired comparison against " + arms[0],
         "Each row is the difference in test acc@1 (arm minus reference) over the same queries, paired by seed "
-        "and query. The 95 % interval and p account for both seeds and queries (a t interval whose variance "
-        "adds the spread of the per-seed differences and of the per-query differences). p-values are "
-        "Holm-adjusted: per-task rows over the 8 tasks of their slice and mode, the means over tasks over the "
-        f"4 headline rows of each arm. 'significant' means adjusted p < 0.05 with at least {MIN_SEEDS} seeds.",
+        "and query. Intervals and p account for both seeds and queries (a t interval whose variance adds the "
+        "spread of the per-seed differences and of the per-query differences). p-values are Holm-adjusted: "
+        "per-task rows over the 8 tasks of their slice and mode, the means over tasks over the 4 headline "
+        "rows of each arm. The adjusted interval is adjusted with them (level 1 − 0.05·p/Holm p), so it "
+        "excludes 0 exactly when the row is called significant (Holm p < 0.05, with at least "
+        f"{MIN_SEEDS} seeds); the unadjusted 95 % interval, which ignores the number of comparisons, is beside it.",
     )
     if comp.empty:
         return s.p("No comparison: fewer than two arms with per-query results.")
@@ -100,17 +156,17 @@ def comparison_section(comp: pd.DataFrame, arms: list[str]) -> Section:
                 r.task,
                 f"{r.diff:+.3f}",
                 f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]",
+                f"[{r.ci_low_raw:+.3f}, {r.ci_high_raw:+.3f}]",
                 f"{r.p_value:.3f}",
                 f"{r.p_adjusted:.3f}",
                 f"{r.n_queries:,}",
                 str(r.n_seeds),
-                "yes" if r.significant else "no",
+                r.call,
             ]
             for r in part.itertuples()
         ]
-        s.p(f"{mode} acc@1, {slice_} queries:").table(
-            Table(["arm", "task", "Δ acc@1", "95 % CI", "p", "Holm p", "queries", "seeds", "significant"], rows)
-        )
+        head = ["arm", "task", "Δ acc@1", "adjusted CI (the call)", "unadjusted 95 % CI", "p", "Holm p"]
+        s.p(f"{mode} acc@1, {slice_} queries:").table(Table([*head, "queries", "seeds", "call"], rows))
     return s
 
 
@@ -154,11 +210,44 @@ def _sig3(value: object) -> str:
         return "—"
 
 
-def tuning_section(runs: StudyRuns, arms: list[str], images: dict[str, bytes]) -> Section:
+def tuning_notes(runs: StudyRuns, arms: list[str], objective: str, maximize: bool = True) -> list[str]:
+    """Where tuning's choice rests on noise: the best complete trial ahead of the runner-up by less than the
+    seed-to-seed sd of the arm's final runs (at the chosen parameters), and pruned trials whose last value
+    was already past the chosen best."""
+    col, notes = f"metrics.{objective}", []
+    for arm in arms:
+        trials = runs.trials(arm)
+        if trials.empty or col not in trials:
+            continue
+        done = trials[trials["state"] == "complete"][col].dropna().sort_values(ascending=not maximize)
+        finals = runs.finals(arm)
+        sd = (
+            float(finals[col].dropna().std(ddof=1)) if col in finals and finals[col].notna().sum() > 1 else float("nan")
+        )
+        if len(done) >= 2 and not math.isnan(sd) and abs(done.iloc[0] - done.iloc[1]) < sd:
+            notes.append(
+                f"{arm}: the chosen trial ({done.iloc[0]:.4f}) is ahead of the runner-up ({done.iloc[1]:.4f}) by "
+                f"{abs(done.iloc[0] - done.iloc[1]):.4f}, less than the seed-to-seed sd of its final runs "
+                f"({sd:.4f}): between those two the choice is noise"
+            )
+        pruned = trials[trials["state"] == "pruned"][col].dropna()
+        if len(done):
+            past = pruned[pruned > done.iloc[0]] if maximize else pruned[pruned < done.iloc[0]]
+            if len(past):
+                values = ", ".join(f"{v:.4f}" for v in past)
+                notes.append(
+                    f"{arm}: pruned trial(s) had reached {values}, past the chosen {done.iloc[0]:.4f}, when pruned"
+                )
+    return notes
+
+
+def tuning_section(
+    runs: StudyRuns, arms: list[str], images: dict[str, bytes], notes: list[str] | None = None
+) -> Section:
     s = Section(
         "Tuning",
-        "The best negative-sampling parameters per arm on validation, and how the objective "
-        "responded to the random rate; pruned and failed trials are counted.",
+        "The best negative-sampling parameters per arm on validation, and how the objective responded to the "
+        "random rate; pruned trials are drawn at the last value they reported, failed ones at the bottom.",
     )
     rows = []
     for arm in arms:
@@ -177,6 +266,8 @@ def tuning_section(runs: StudyRuns, arms: list[str], images: dict[str, bytes]) -
             ]
         )
     s.table(Table(["arm", "best initial random_rate", "best final random_rate", "complete", "pruned", "failed"], rows))
+    if notes:
+        s.items(notes)
     for arm in arms:
         for name, caption in (
             (f"{arm}_optuna_history.png", f"{arm}: objective per trial"),

@@ -35,11 +35,15 @@ def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def publish(tracking_uri: str, runs: StudyRuns, arms: list[str], comp: pd.DataFrame) -> None:
-    """Log the aggregates on the arm runs and the headline comparison on the study run."""
-    from ablation.tracking.store import Tracker
+def publish(tracking_uri: str, runs: StudyRuns, arms: list[str], comp: pd.DataFrame, verdict: str = "") -> None:
+    """Log the aggregates on the arm runs and the headline comparison on the study run; the verdict becomes
+    the description of the study run and of its experiment (what MLflow shows first)."""
+    from ablation.tracking.store import NOTE_TAG, Tracker
 
     tracker = Tracker(tracking_uri)
+    if verdict:
+        tracker.set_tags(runs.study_run.info.run_id, {NOTE_TAG: verdict})
+        tracker.set_experiment_tags(runs.study_run.info.experiment_id, {NOTE_TAG: verdict})
     arm_runs = runs.runs[runs.runs["role"] == "arm"]
     for arm in arms:
         ids = arm_runs[arm_runs["arm"] == arm]["run_id"].tolist()

@@ -12,7 +12,10 @@ residual term is counted in both, which errs on the wide side). The interval and
 distribution with Welch–Satterthwaite degrees of freedom, so 3 seeds give a wide interval, as they should.
 Arms under different seeds are compared unpaired, each arm's two components added. A reference with one
 column and no seed variance (the deterministic zero-shot row) is a fixed baseline. p-values are then
-adjusted for the number of comparisons with Holm's step-down method. `tests/ablation/report` simulates
+adjusted for the number of comparisons with Holm's step-down method, and each interval with them: the
+adjusted interval of a row is taken at level 1 − α·p/p_Holm (p_Holm/p is the row's effective Holm
+multiplier, at least 1), so it excludes 0 exactly when p_Holm < α, i.e. when the row is called
+significant; the unadjusted 95 % interval is kept beside it. `tests/ablation/report` simulates
 studies of two equal arms to check the false-positive rate, and of two different arms for power.
 """
 
@@ -40,6 +43,8 @@ class Comparison:
     n_queries: int
     n_seeds: int  # the fewer of the two arms' seeds (the reference's, if it is fixed)
     p_adjusted: float = float("nan")
+    se: float = float("nan")  # standard error of `diff`
+    df: float = float("nan")  # Welch–Satterthwaite degrees of freedom
 
     @property
     def seed_variance_known(self) -> bool:
@@ -87,12 +92,12 @@ def compare(reference: pd.DataFrame, arm: pd.DataFrame, fixed_reference: bool = 
     var = float(sum(v for v, _ in parts))
     if var <= 0:  # no variance at all: identical tables, or a constant difference
         p = 1.0 if diff == 0 else 0.0
-        return Comparison(diff, diff, diff, p, q, n_seeds)
+        return Comparison(diff, diff, diff, p, q, n_seeds, se=0.0, df=math.inf)
     df = var**2 / sum(v**2 / k for v, k in parts if k > 0 and v > 0)
     se = math.sqrt(var)
     half = float(stats.t.ppf(0.975, df)) * se
     p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return Comparison(diff, diff - half, diff + half, p, q, n_seeds)
+    return Comparison(diff, diff - half, diff + half, p, q, n_seeds, se=se, df=df)
 
 
 def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
@@ -108,6 +113,28 @@ def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def adjusted_interval(
+    diff: float, se: float, df: float, p: float, p_adjusted: float, family: int, alpha: float = 0.05
+) -> tuple[float, float]:
+    """The interval that agrees with the adjusted p-value: level 1 − α·p/p_adjusted (1 − α/family where p
+    underflows to 0), so it excludes 0 exactly when p_adjusted < α."""
+    if not all(map(math.isfinite, (diff, p, p_adjusted))) or math.isnan(se):
+        return float("nan"), float("nan")
+    if se == 0:
+        return diff, diff
+    gamma = min(alpha, alpha * p / p_adjusted) if p > 0 and p_adjusted > 0 else alpha / max(1, family)
+    half = float(stats.t.ppf(1 - gamma / 2, df)) * se
+    return diff - half, diff + half
+
+
+def detectable(se: float, df: float, family: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference that a row with this standard error finds with `power` at the
+    family-wise level α over `family` rows (Bonferroni, which Holm's first step is): (t_{1−α/2m} + z_power)·se."""
+    if not math.isfinite(se) or se <= 0:
+        return float("nan")
+    return float(stats.t.ppf(1 - alpha / (2 * max(1, family)), df) + stats.norm.ppf(power)) * se
 
 
 def correctness(per_query: dict[str, pd.DataFrame], task: str | None, mode: str, slice_: str = "all") -> pd.DataFrame:
@@ -128,6 +155,8 @@ def correctness(per_query: dict[str, pd.DataFrame], task: str | None, mode: str,
 
 
 def describe(c: Comparison, metric: str = "acc@1") -> str:
-    """`+0.012 acc@1 (95 % CI −0.004 to +0.028, p = 0.052, Holm-adjusted p = 0.21)`; Holm caps at 1."""
-    adjusted = "" if math.isnan(c.p_adjusted) else f", Holm-adjusted p = {c.p_adjusted:.3f}"
-    return f"{c.diff:+.3f} {metric} (95 % CI {c.low:+.3f} to {c.high:+.3f}, p = {c.p_value:.3f}{adjusted})"
+    """`+0.012 acc@1 (Holm-adjusted 95 % CI −0.010 to +0.034, Holm p = 0.21)`: the interval and p that make
+    the call (the row's `low`/`high` are the adjusted interval once `adjust` ran); Holm caps p at 1."""
+    if math.isnan(c.p_adjusted):
+        return f"{c.diff:+.3f} {metric} (95 % CI {c.low:+.3f} to {c.high:+.3f}, p = {c.p_value:.3f})"
+    return f"{c.diff:+.3f} {metric} (Holm-adjusted 95 % CI {c.low:+.3f} to {c.high:+.3f}, Holm p = {c.p_adjusted:.3f})"

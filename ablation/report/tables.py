@@ -8,7 +8,7 @@ import pandas as pd
 from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import MODES
 from ablation.report.reader import StudyRuns
-from ablation.report.stats import MIN_SEEDS, Comparison, compare, correctness, holm
+from ablation.report.stats import MIN_SEEDS, Comparison, adjusted_interval, compare, correctness, holm
 
 HEADLINE = [
     ("retrieval", "acc_at_1"),
@@ -126,6 +126,8 @@ def _row(c: Comparison, **keys: object) -> dict:
         "diff": c.diff,
         "ci_low": c.low,
         "ci_high": c.high,
+        "se": c.se,
+        "df": c.df,
         "p_value": c.p_value,
         "n_queries": c.n_queries,
         "n_seeds": c.n_seeds,
@@ -133,12 +135,26 @@ def _row(c: Comparison, **keys: object) -> dict:
 
 
 def _adjust(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
-    """Holm-adjusted p within each family of rows, and `significant` after it (3+ seeds only)."""
+    """Holm-adjusted p within each family of rows, the interval that agrees with it (`ci_low`, `ci_high`;
+    the unadjusted 95 % one moves to `ci_low_raw`, `ci_high_raw`), and `significant` after it (3+ seeds
+    only: with fewer, `call` says that no call is made)."""
     frame = frame.copy()
     frame["p_adjusted"] = np.nan
-    for _, idx in frame.groupby(family, dropna=False).groups.items():
-        frame.loc[idx, "p_adjusted"] = holm(frame.loc[idx, "p_value"].to_numpy())
+    frame["ci_low_raw"], frame["ci_high_raw"] = frame["ci_low"], frame["ci_high"]
+    for idx in frame.groupby(family, dropna=False).indices.values():
+        rows = frame.index[idx]
+        frame.loc[rows, "p_adjusted"] = holm(frame.loc[rows, "p_value"].to_numpy())
+        for i in rows:
+            r = frame.loc[i]
+            frame.loc[i, ["ci_low", "ci_high"]] = adjusted_interval(
+                r["diff"], r["se"], r["df"], r["p_value"], r["p_adjusted"], len(rows)
+            )
     frame["significant"] = (frame["p_adjusted"] < 0.05) & (frame["n_seeds"] >= MIN_SEEDS)
+    frame["call"] = np.where(
+        frame["n_seeds"] < MIN_SEEDS,
+        [f"no call ({n} seed{'s' * (n != 1)}; {MIN_SEEDS} needed)" for n in frame["n_seeds"]],
+        np.where(frame["significant"], "significant", "not significant"),
+    )
     return frame
 
 
@@ -151,11 +167,16 @@ COMPARISON_COLUMNS = [
     "diff",
     "ci_low",
     "ci_high",
+    "ci_low_raw",
+    "ci_high_raw",
+    "se",
+    "df",
     "p_value",
     "p_adjusted",
     "n_queries",
     "n_seeds",
     "significant",
+    "call",
     "family",
 ]
 

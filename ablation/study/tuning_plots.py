@@ -7,7 +7,6 @@ setting; the study builds it from Optuna, the report from MLflow, and both draw 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -26,12 +25,17 @@ def arm_colors(arms: list[str]) -> dict[str, str]:
 
 
 def trials_table(study: object) -> pd.DataFrame:
-    """An Optuna study's trials as the table the figures read."""
+    """An Optuna study's trials as the table the figures read; a pruned trial's value is the last one it
+    reported (as its MLflow run's metric is)."""
     df = study.trials_dataframe(attrs=("number", "value", "state", "params"))  # type: ignore[attr-defined]
     if df.empty:
         return pd.DataFrame(columns=["number", "value", "state"])
     # a study with metric names (`set_metric_names`) calls its value column `value_<name>`
-    return df.rename(columns=lambda c: "value" if c.startswith("value_") else c.removeprefix("params_"))
+    df = df.rename(columns=lambda c: "value" if c.startswith("value_") else c.removeprefix("params_"))
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in study.trials if t.intermediate_values}  # type: ignore[attr-defined]
+    pruned = df["state"] == "PRUNED"
+    df.loc[pruned, "value"] = df.loc[pruned, "number"].map(last)
+    return df
 
 
 def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str) -> Figure:
@@ -47,27 +51,44 @@ def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str) -> Figu
 def history_figure(
     trials: pd.DataFrame, objective: str, title: str, color: str = "C0", maximize: bool = True
 ) -> Figure:
-    """Objective per trial (complete ones as dots, pruned/failed as crosses at the bottom) and the best so far."""
+    """Objective per trial: complete ones as dots, pruned ones as hollow circles at the last value they
+    reported, failed ones as grey crosses at the bottom; and the best complete trial so far."""
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.subplots()
     done = trials[trials["state"] == "COMPLETE"].sort_values("number")
     ax.plot(done["number"], done["value"], "o", color=color, label="complete trial")
+    pruned = trials[(trials["state"] == "PRUNED") & trials["value"].notna()]
+    if not pruned.empty:
+        ax.plot(pruned["number"], pruned["value"], "o", mfc="none", color=color, label="pruned (last value)")
     if not done.empty:
         best = done["value"].cummax() if maximize else done["value"].cummin()
         ax.step(done["number"], best, where="post", color=color, alpha=0.6, label="best so far")
-    other = trials[trials["state"] != "COMPLETE"]
+    other = trials[~trials.index.isin(done.index) & ~trials.index.isin(pruned.index)]
     if not other.empty:
-        low = np.nanmin(done["value"]) if not done.empty else 0.0
-        ax.plot(other["number"], [low] * len(other), "x", color="grey", label="pruned / failed")
+        shown = pd.concat([done["value"], pruned["value"]]).dropna()
+        low = float(shown.min()) if len(shown) else 0.0
+        ax.plot(other["number"], [low] * len(other), "x", color="grey", label="failed (no value)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, "trial number", objective, title)
 
 
 def rate_figure(trials: pd.DataFrame, objective: str, title: str, color: str = "C0") -> Figure:
-    """Objective against the initial random rate; each marker's fill is the final rate of its schedule."""
+    """Objective against the initial random rate; each marker's fill is the final rate of its schedule; pruned
+    trials at their last value, as squares."""
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.subplots()
     done = trials[trials["state"] == "COMPLETE"]
+    pruned = trials[(trials["state"] == "PRUNED") & trials["value"].notna()]
+    if RATE in pruned and not pruned.empty:
+        ax.scatter(
+            pruned[RATE].astype(float),
+            pruned["value"],
+            marker="s",
+            facecolor="none",
+            edgecolor=color,
+            s=60,
+            label="pruned trial (last value)",
+        )
     if RATE in done and not done.empty:
         final = pd.to_numeric(done[FINAL], errors="coerce") if FINAL in done else done[RATE]
         final = final.fillna(done[RATE]).astype(float)  # no final rate: constant

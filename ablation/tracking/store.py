@@ -208,6 +208,10 @@ class Tracker:
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 
+    def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, str(value))
+
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
         self.client.log_figure(run_id, figure, path)
 

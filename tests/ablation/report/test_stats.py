@@ -95,3 +95,28 @@ def test_holm_against_a_worked_example() -> None:
     assert np.allclose(holm([0.03, 0.5, 0.01, np.nan, 0.02])[[0, 1, 2, 4]], [0.06, 0.5, 0.04, 0.06])
     assert np.isnan(holm([0.03, np.nan])[1]) and holm([0.03, np.nan])[0] == pytest.approx(0.03)
     assert holm([0.9, 0.8]).max() <= 1.0
+
+
+def test_adjusted_intervals_exclude_zero_exactly_when_a_row_is_called_significant() -> None:
+    """Families of 8 rows with effects from none to large, some with too few seeds: on every row the adjusted
+    interval excludes 0 iff the row is significant (Holm p < 0.05, 3+ seeds); with fewer seeds the row says
+    that no call is made; the unadjusted interval is never the narrower one."""
+    from ablation.report.tables import _adjust, _row
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for family in range(30):
+        seeds = 2 if family % 5 == 0 else 3
+        for task in range(8):
+            delta = [0.0, 0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12][task]
+            c = compare(*_study(rng, queries=300, seeds=seeds, seed_sd=0.01, delta=delta))
+            rows.append(_row(c, arm="b", family=str(family), task=str(task), slice="all", mode="retrieval"))
+    table = _adjust(pd.DataFrame(rows), ["arm", "family"])
+    excludes = (table["ci_low"] > 0) | (table["ci_high"] < 0)
+    called = table[table["n_seeds"] >= 3]
+    assert (excludes[called.index] == called["significant"]).all()
+    assert called["significant"].any() and (~called["significant"]).any()  # both kinds occur
+    few = table[table["n_seeds"] < 3]
+    assert not few["significant"].any() and few["call"].str.startswith("no call (2 seeds").all()
+    width, raw = table["ci_high"] - table["ci_low"], table["ci_high_raw"] - table["ci_low_raw"]
+    assert (width >= raw - 1e-12).all()
