@@ -15,7 +15,15 @@ from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.figures import report_figures
-from ablation.report.findings import comparison_section, tuning_notes, tuning_section, verdict, zero_shot_section
+from ablation.report.findings import (
+    comparison_section,
+    discussion_section,
+    per_seed_table,
+    tuning_notes,
+    tuning_section,
+    verdict,
+    zero_shot_section,
+)
 from ablation.report.publish import publish
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
@@ -35,15 +43,20 @@ def _headline_table(summary_table: pd.DataFrame, mode: str, metric: str, slice_:
         return None
     cols = [*TASKS, "mean"]
     rows, bold = [], set()
-    best = t["mean"].max(axis=0)
-    for r, arm in enumerate(t.index):
+    for arm in t.index:
         cells = [arm]
-        for c, task in enumerate(cols, start=1):
+        for task in cols:
             m, s = t["mean"].loc[arm, task], t["std"].loc[arm, task]
-            cells.append("—" if pd.isna(m) else f"{m:.3f} ± {s:.3f}")
-            if pd.notna(m) and m == best[task] and t["mean"][task].notna().sum() > 1:
-                bold.add((r, c))
+            fixed = arm == "zero-shot"  # one deterministic run: no seed spread to show
+            cells.append("—" if pd.isna(m) else f"{m:.3f} ± —" if fixed else f"{m:.3f} ± {s:.3f}")
         rows.append(cells)
+    for c, task in enumerate(cols, start=1):  # bold: the best, only where it leads by more than the noise
+        ranked = t["mean"][task].dropna().sort_values(ascending=False)
+        if len(ranked) > 1:
+            first, second = ranked.index[0], ranked.index[1]
+            noise = max(t["std"].loc[first, task], t["std"].loc[second, task])
+            if ranked.iloc[0] - ranked.iloc[1] > noise:
+                bold.add((list(t.index).index(first), c))
     return Table(["arm", *cols], rows, bold)
 
 
@@ -113,6 +126,26 @@ def _status(runs: StudyRuns, arms: list[str], study: dict) -> str:
     return "status: complete" if not off and study else "status: incomplete (" + "; ".join(off or ["no config"]) + ")"
 
 
+def _clipping_table(runs: StudyRuns, arms: list[str]) -> tuple[str, Table] | None:
+    """Per arm: the share of training steps whose pre-clip gradient norm exceeded `train.grad_clip`, and
+    the median pre-clip norm (means over the final seeds)."""
+    clip = (runs.config.get("train") or {}).get("grad_clip")
+    rows = []
+    for arm in arms:
+        finals = runs.finals(arm)
+        shares = finals["metrics.grad/clipped_share"].dropna() if "metrics.grad/clipped_share" in finals else []
+        medians = [
+            h["value"].median() for (a, _, k), h in runs.histories.items() if a == arm and k == "grad_norm/total"
+        ]
+        if len(medians):
+            share = f"{float(np.mean(shares)):.0%}" if len(shares) else "—"
+            rows.append([arm, share, f"{float(np.mean(medians)):.3g}"])
+    if not rows:
+        return None
+    what = f"train.grad_clip = {clip:g}" if clip else "no clipping (train.grad_clip unset)"
+    return f"Clipping ({what}):", Table(["arm", "steps clipped", "median pre-clip norm"], rows)
+
+
 def _missing(runs: StudyRuns, arms: list[str], seeds: list) -> list[str]:
     notes = []
     for arm in arms:
@@ -149,7 +182,7 @@ def build_report(
     mode = objective.split("/")[1] if objective.count("/") == 3 else "retrieval"
     answer = verdict(comp, zs, arms, mode)
     publish(uri, runs, arms, comp, answer)
-    figures = report_figures(runs, arms, objective, cfg_study.get("direction", "maximize") == "maximize")
+    figures = report_figures(runs, arms, objective, cfg_study.get("direction", "maximize") == "maximize", comp)
     images = {}
     for name, fig in figures.items():
         buf = io.BytesIO()
@@ -210,7 +243,18 @@ def build_report(
                 head.p(f"{mode_} {metric_label(metric)}, {sizes.get(slice_, slice_)}:").table(t)
         if all(t is None for *_, t in tables) and runs.per_query:
             head.p(f"The {slice_.replace('_', '-')} slice holds no query of this study's test split.")
-    sections += [head, comparison_section(comp, arms), zero_shot_section(runs, zs, arms)]
+    head.p(
+        f"Per seed (MLflow: experiment {runs.study_run.info.experiment_id} at {uri}; study run "
+        f"{runs.study_run.info.run_id}; `make ui` opens it):"
+    ).table(per_seed_table(runs, arms))
+    if "forest.png" in images:
+        head.figure("forest.png", "Each arm minus the reference per task, with the Holm-adjusted intervals")
+    sections += [
+        head,
+        comparison_section(comp, arms),
+        zero_shot_section(runs, zs, arms),
+        discussion_section(table, counts, arms),
+    ]
     conv = Section(
         "Convergence",
         "Training loss per step (moving average; band = min to max over seeds) and validation "
@@ -219,10 +263,13 @@ def build_report(
     )
     grads = Section(
         "Gradients",
-        "Gradient norms per arm and part; the cosine between the gradients the query side and "
-        "the candidate side send into the encoder (negative = the sides pull apart); for two-encoder "
-        "arms, how far the encoders drift from each other.",
+        "Gradient norms per arm and part, before clipping, against the clip threshold; the cosine between the "
+        "gradients the query side and the candidate side send into the encoder (negative = the sides pull "
+        "apart); for two-encoder arms, how far the encoders drift from each other.",
     )
+    clipping = _clipping_table(runs, arms)
+    if clipping is not None:
+        grads.p(clipping[0]).table(clipping[1])
     for sec, names in (
         (
             conv,
@@ -256,7 +303,12 @@ def build_report(
     paths = ReportPaths(out / "report.html", out / "report.md", out / "summary.csv")
     write_csv_atomic(
         pd.concat(
-            [table.assign(kind="test"), comp.assign(kind="comparison"), zs.assign(kind="zero-shot")], ignore_index=True
+            [
+                table.assign(kind="test"),
+                comp.assign(kind="comparison", metric="acc_at_1"),
+                zs.assign(kind="zero-shot", metric="acc_at_1"),
+            ],
+            ignore_index=True,
         ),
         paths.summary,
     )

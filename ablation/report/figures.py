@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ablation.report.reader import StudyRuns
 from ablation.study.tuning_plots import FINAL, RATE, arm_colors, tuning_figures
@@ -26,6 +28,15 @@ def _band(ax: Axes, curves: pd.DataFrame, color: str, label: str, smooth: int = 
     ax.plot(c.index, mean, color=color, label=f"{label} (mean of {c.shape[1]} seeds)")
     if c.shape[1] > 1:
         ax.fill_between(c.index, c.min(axis=1), c.max(axis=1), color=color, alpha=0.2, linewidth=0)
+
+
+def _plain_log_axis(ax: Axes) -> None:
+    """A log-scale y axis whose ticks read 0.5, 2, 10 rather than 5×10⁻¹, 2×10⁰."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # minor ticks labelled at 2 and 5 of each decade only, so that a narrow range still has labels
+    lead = lambda v: round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0  # noqa: E731
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if lead(v) in (2, 5) else ""))
 
 
 def curve_figure(
@@ -56,11 +67,11 @@ def curve_figure(
         return None
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel + (" (moving average)" if smooth else ""))
+    ax.set_ylabel(ylabel + (",\nmoving average" if smooth else ""))
     if reference is not None:
         ax.axhline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
     if logy:
-        ax.set_yscale("log")
+        _plain_log_axis(ax)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -88,7 +99,7 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
             curves = _seed_curves(runs, arm, key)
             smooth = curves.rolling(max(1, len(curves) // 20), min_periods=1).mean().mean(axis=1)
             ax.plot(smooth.index, smooth, linestyle=styles[i % len(styles)], color=colors[arm], label=key.split("/")[1])
-        ax.set_yscale("log")
+        _plain_log_axis(ax)
         ax.set_title(arm)
         ax.set_xlabel("training step")
         ax.set_ylabel("gradient L2 norm (pre-clip, log scale)")
@@ -97,19 +108,48 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
     return fig
 
 
-def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: bool) -> dict[str, Figure]:
+def forest_figure(comp: pd.DataFrame, arms: list[str]) -> Figure | None:
+    """Per task and for the mean: each arm minus the reference (retrieval acc@1, all queries) with its
+    Holm-adjusted interval; filled markers where the difference is called."""
+    rows = comp[(comp["slice"] == "all") & (comp["mode"] == "retrieval")] if not comp.empty else comp
+    if rows.empty:
+        return None
+    colors = arm_colors(arms)
+    fig = Figure(figsize=(6.5, 0.45 * len(rows) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    labels = []
+    for y, r in enumerate(rows.itertuples()):
+        labels.append(f"{r.arm}: {r.task}")
+        ax.plot([r.ci_low, r.ci_high], [y, y], color=colors.get(r.arm, "C0"))
+        ax.plot(
+            r.diff, y, "o", color=colors.get(r.arm, "C0"), mfc=colors.get(r.arm, "C0") if r.significant else "white"
+        )
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test retrieval acc@1, arm − {rows['reference'].iloc[0]} (filled: called)")
+    ax.set_title("Per-task differences with Holm-adjusted intervals")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def report_figures(
+    runs: StudyRuns, arms: list[str], objective: str, maximize: bool, comp: pd.DataFrame | None = None
+) -> dict[str, Figure]:
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
     zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
     key = "metrics.val/retrieval/acc_at_1/mean"
     zero_val = (
         ("zero-shot encoder", float(zero[key].dropna().iloc[0])) if key in zero and zero[key].notna().any() else None
     )
+    clip = (runs.config.get("train") or {}).get("grad_clip")
     figs: dict[str, Figure | None] = {
+        "forest.png": forest_figure(comp, arms) if comp is not None else None,
         "loss.png": curve_figure(
             runs,
             arms,
             "loss/total",
-            "training loss (triplet + CE pos + CE neg)",
+            "loss: triplet + CE pos + CE neg",
             "Convergence: training loss",
             smooth=True,
         ),
@@ -132,7 +172,14 @@ def report_figures(runs: StudyRuns, arms: list[str], objective: str, maximize: b
             reference=zero_val,
         ),
         "grad_norm.png": curve_figure(
-            runs, arms, "grad_norm/total", "total gradient L2 norm (pre-clip)", "Gradient norm", smooth=True, logy=True
+            runs,
+            arms,
+            "grad_norm/total",
+            "total gradient norm, pre-clip",
+            "Gradient norm" + (f" against the clip threshold {clip:g}" if clip else ""),
+            smooth=True,
+            logy=True,
+            reference=("clip threshold (train.grad_clip)", float(clip)) if clip else None,
         ),
         "grad_parts.png": part_norms_figure(runs, arms),
         "grad_cosine.png": curve_figure(

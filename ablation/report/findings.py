@@ -276,3 +276,58 @@ def tuning_section(
             if name in images:
                 s.figure(name, caption)
     return s
+
+
+def per_seed_table(runs: StudyRuns, arms: list[str]) -> Table:
+    """One row per final run: arm, seed, mean test acc@1 (retrieval and rerank; all and unseen queries) and
+    its MLflow run id, so that any number of the report can be traced to its run."""
+    keys = [
+        ("retrieval, all", "metrics.test/retrieval/acc_at_1/mean"),
+        ("retrieval, unseen", "metrics.test/unseen/retrieval/acc_at_1/mean"),
+        ("rerank, all", "metrics.test/rerank/acc_at_1/mean"),
+    ]
+    rows = []
+    for arm in arms:
+        for _, r in runs.finals(arm).sort_values("seed").iterrows():
+            cells = [f"{r[k]:.3f}" if k in r and pd.notna(r[k]) else "—" for _, k in keys]
+            rows.append([arm, str(r["seed"]), *cells, str(r["run_id"])])
+    return Table(["arm", "seed", *(f"acc@1 {name}" for name, _ in keys), "MLflow run"], rows)
+
+
+def discussion_section(summary: pd.DataFrame, counts: pd.DataFrame, arms: list[str]) -> Section:
+    """Two facts a reader needs beside the verdict: what reranking does to acc@1, and how many parameters
+    each arm trains."""
+    s = Section("Reranking and capacity", "Two things that bear on the comparison.")
+    mean = summary[(summary["task"] == "mean") & (summary["metric"] == "acc_at_1") & (summary["slice"] == "all")]
+    lines = []
+    for arm in arms:
+        got = mean[mean["arm"] == arm].set_index("mode")["mean"]
+        if {"retrieval", "rerank"} <= set(got.index):
+            d = got["rerank"] - got["retrieval"]
+            verb = "raises" if d > 0 else "lowers" if d < 0 else "leaves"
+            lines.append(
+                f"{arm}: reranking the top candidates with the pair classifier {verb} mean test acc@1 "
+                f"from {got['retrieval']:.3f} to {got['rerank']:.3f} ({d:+.3f})"
+            )
+    if lines:
+        lines.append(
+            "where reranking lowers acc@1, the classifier undoes part of what the bi-encoder ranked right: the "
+            "verdict is taken on the study's objective mode, and the other mode is in the tables above"
+        )
+    if not counts.empty and "trainable" in counts:
+        trainable = counts.set_index("arm")["trainable"]
+        ref = arms[0]
+        parts = [f"{a} {int(trainable[a]):,}" for a in arms if a in trainable]
+        ratio = [
+            f"{a} trains {trainable[a] / trainable[ref]:.2f}× the parameters of {ref}"
+            for a in arms[1:]
+            if a in trainable and ref in trainable and trainable[ref]
+        ]
+        lines.append(
+            "trainable parameters: "
+            + ", ".join(parts)
+            + (f" ({'; '.join(ratio)})" if ratio else "")
+            + ": separate towers double what is learned from the same pairs, so a difference between the arms "
+            "is also one of capacity per training example"
+        )
+    return s.items(lines) if lines else s.p("Nothing to say: no final runs with both modes.")

@@ -61,6 +61,9 @@ def _retried(method: Callable) -> Callable:
 def retrying_rdb_storage() -> type[RDBStorage]:
     """Optuna's RDB storage, each of whose calls is retried through a database restart."""
     names = [*BaseStorage.__abstractmethods__, "record_heartbeat", "_get_stale_trial_ids", "get_best_trial"]
+    # Optuna's cache in front of the storage calls these directly
+    names += ["_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param"]
+    names += ["get_trial_id_from_study_id_trial_number"]
     return type("RetryingRDBStorage", (RDBStorage,), {n: _retried(getattr(RDBStorage, n)) for n in names})
 
 

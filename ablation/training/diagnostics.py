@@ -48,14 +48,24 @@ def checksums(model: BiEncoder) -> dict[str, str]:
 
 
 def grad_norms(model: BiEncoder) -> dict[str, float]:
-    """L2 norm of the current gradients, in total and per part (call before clipping)."""
+    """L2 norm of the current gradients (call before clipping), under the same names for every arm: `total`,
+    `encoder` (every encoder tensor once, both sides), `head` and `classifier`, so arms compare key by key;
+    an arm with separate parts per side adds them as `query_encoder`, `candidate_head`, ..."""
 
-    def norm(params: object) -> float:
+    def norm(modules: tuple[torch.nn.Module, ...]) -> float:
+        params = {id(p): p for m in modules for p in m.parameters()}.values()  # a shared tensor once
         grads = [p.grad.detach().float() for p in params if p.grad is not None]
         return math.sqrt(float(sum(g.pow(2).sum() for g in grads))) if grads else 0.0
 
-    out = {f"grad_norm/{name}": norm(module.parameters()) for name, module in model.parts().items()}
-    out["grad_norm/total"] = norm(model.parameters())  # each tensor once, even where parts share one
+    out = {
+        "grad_norm/total": norm((model,)),
+        "grad_norm/encoder": norm((model.query_tower, model.cand_tower)),
+        "grad_norm/head": norm((model.query_head, model.cand_head)),
+        "grad_norm/classifier": norm((model.classifier,)),
+    }
+    for name, module in model.parts().items():
+        if name.startswith(("query_", "candidate_")):
+            out[f"grad_norm/{name}"] = norm((module,))
     return out
 
 

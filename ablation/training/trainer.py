@@ -123,6 +123,7 @@ class Trainer:
         self.texts = self._side_texts()
         self.evaluator = TrainedEvaluator(self.model, self.texts, cfg.eval.batch_size, self.device, cfg.train.precision)
         self.step = 0
+        self.clipped_steps = 0  # steps whose pre-clip gradient norm exceeded train.grad_clip
         self.result = TrainResult()
 
     def _side_texts(self) -> SideTexts:
@@ -202,6 +203,9 @@ class Trainer:
         metrics.update(grad_norms(self.model))
         if cfg.train.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip)
+            clipped = metrics["grad_norm/total"] > cfg.train.grad_clip
+            metrics["grad/clipped"] = float(clipped)
+            self.clipped_steps += int(clipped)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -267,6 +271,8 @@ class Trainer:
                 "time/train_s": train_time,
                 "time/negative_refresh_s": refresh,
             }
+            if cfg.train.grad_clip is not None:  # share of the steps so far that were clipped
+                times["grad/clipped_share"] = self.clipped_steps / max(1, self.step)
             recorder.log_metrics({**negs.stats(), **times}, step=epoch)
             recorder.flush()
             if self.on_epoch is not None:

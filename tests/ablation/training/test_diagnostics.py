@@ -73,6 +73,12 @@ def test_distance_is_zero_for_shared_and_grows_when_towers_differ() -> None:
     assert set(norms) == {"grad_norm/encoder", "grad_norm/head", "grad_norm/classifier", "grad_norm/total"}
     parts = norms["grad_norm/encoder"] ** 2 + norms["grad_norm/head"] ** 2 + norms["grad_norm/classifier"] ** 2
     assert norms["grad_norm/total"] == pytest.approx(math.sqrt(parts))
+    _, loss = _loss(unshared)
+    loss.backward()
+    two = grad_norms(unshared)  # the common names, plus one per side
+    assert set(norms) < set(two) and {"grad_norm/query_encoder", "grad_norm/candidate_head"} <= set(two)
+    sides = two["grad_norm/query_encoder"] ** 2 + two["grad_norm/candidate_encoder"] ** 2
+    assert two["grad_norm/encoder"] == pytest.approx(math.sqrt(sides))
 
 
 def test_parameter_counts_per_arm() -> None:

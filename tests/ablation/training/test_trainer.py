@@ -104,6 +104,8 @@ def test_per_step_and_per_epoch_records(data: RunData) -> None:
         "loss/ce_neg",
         "lr",
         "grad_norm/total",
+        "grad_norm/encoder",
+        "grad_norm/head",
         "grad_norm/query_encoder",
         "grad_norm/candidate_encoder",
         "grad_norm/classifier",
@@ -165,3 +167,14 @@ def test_pca_head_starts_where_the_pooled_vectors_are(data: RunData) -> None:
     assert rec.history("val/rerank/acc_at_1/mean")[0][1] == rec.history("val/retrieval/acc_at_1/mean")[0][1]
     _, rec_random = _fit(replace_path(cfg, "model.head_init", "random"), data)
     assert rec_random.history("val/retrieval/mrr/mean")[0][1] != rec.history("val/retrieval/mrr/mean")[0][1]
+
+
+def test_clipping_is_recorded_per_step_and_as_a_share(data: RunData) -> None:
+    trainer, rec = _fit(smoke_config(**{"train.grad_clip": 0.05}), data)
+    flags = [v for _, v in rec.history("grad/clipped")]
+    norms = [v for _, v in rec.history("grad_norm/total")]
+    assert len(flags) == len(trainer.result.losses) and flags == [float(n > 0.05) for n in norms]
+    shares = [v for _, v in rec.history("grad/clipped_share")]
+    assert shares[-1] == sum(flags) / len(flags) and shares[-1] > 0
+    _, unclipped = _fit(smoke_config(), data)
+    assert not unclipped.history("grad/clipped")  # no threshold: nothing is recorded as clipped
