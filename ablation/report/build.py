@@ -181,7 +181,7 @@ def build_report(
     zs = against_zero_shot(runs, arms)
     mode = objective.split("/")[1] if objective.count("/") == 3 else "retrieval"
     answer = verdict(comp, zs, arms, mode)
-    publish(uri, runs, arms, comp, answer)
+    publish(uri, runs, arms, comp, answer, zs)
     figures = report_figures(runs, arms, objective, cfg_study.get("direction", "maximize") == "maximize", comp)
     images = {}
     for name, fig in figures.items():

@@ -23,11 +23,26 @@ def arm_aggregates(runs: StudyRuns, arm: str) -> dict[str, float]:
     return out
 
 
+HISTORIES = ("val/retrieval/acc_at_1/mean", "val/rerank/acc_at_1/mean", "loss/total", "grad_norm/total")
+"""Curves each arm run carries as the mean over its final seeds, step by step, for MLflow's grouped charts."""
+
+
+def arm_histories(runs: StudyRuns, arm: str) -> dict[str, pd.Series]:
+    """key → mean over the arm's final seeds at each step (validation: each epoch, from 0)."""
+    out = {}
+    for key in HISTORIES:
+        curves = [h.set_index("step")["value"] for (a, _, k), h in runs.histories.items() if a == arm and k == key]
+        if curves:
+            out[key] = pd.concat(curves, axis=1).mean(axis=1).sort_index()
+    return out
+
+
 def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:
     """The headline rows of `tables.comparisons` (acc@1, mean over tasks, all and unseen queries, both
-    modes): each arm minus the reference, its 95 % interval, Holm-adjusted p and seed count."""
+    modes) and the rows against zero-shot: each arm minus its reference, the interval that agrees with the
+    call (Holm-adjusted), Holm-adjusted p and seed count."""
     out: dict[str, float] = {}
-    for _, r in comp[comp["family"] == "headline"].iterrows():
+    for _, r in comp[comp["family"].isin(["headline", "zero-shot"])].iterrows():
         key = f"compare/{r['arm']}_minus_{r['reference']}/{r['slice']}/{r['mode']}/acc_at_1/mean"
         out[key] = r["diff"]
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = r["ci_low"], r["ci_high"]
@@ -35,9 +50,17 @@ def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def publish(tracking_uri: str, runs: StudyRuns, arms: list[str], comp: pd.DataFrame, verdict: str = "") -> None:
-    """Log the aggregates on the arm runs and the headline comparison on the study run; the verdict becomes
-    the description of the study run and of its experiment (what MLflow shows first)."""
+def publish(
+    tracking_uri: str,
+    runs: StudyRuns,
+    arms: list[str],
+    comp: pd.DataFrame,
+    verdict: str = "",
+    zs: pd.DataFrame | None = None,
+) -> None:
+    """Log the aggregates and mean curves on the arm runs and the headline comparisons (against the first
+    arm and against zero-shot) on the study run; the verdict becomes the description of the study run and
+    of its experiment (what MLflow shows first)."""
     from ablation.tracking.store import NOTE_TAG, Tracker
 
     tracker = Tracker(tracking_uri)
@@ -50,6 +73,9 @@ def publish(tracking_uri: str, runs: StudyRuns, arms: list[str], comp: pd.DataFr
         values = arm_aggregates(runs, arm)
         if ids and values:
             tracker.log_metrics(ids[0], values)
-    comparison = headline_comparison(comp)
+        for key, curve in arm_histories(runs, arm).items() if ids else ():
+            if not tracker.metric_history(ids[0], key):  # once: a rebuilt report does not repeat the curve
+                tracker.log_history(ids[0], key, curve.index.tolist(), curve.tolist())
+    comparison = headline_comparison(comp if zs is None or zs.empty else pd.concat([comp, zs], ignore_index=True))
     if comparison:
         tracker.log_metrics(runs.study_run.info.run_id, comparison)

@@ -194,6 +194,9 @@ def finish(ctx: StudyContext) -> list[str]:
                 for name, fig in figures.items():
                     tracker.log_figure(ctx.arm_runs[arm], fig, name)
                 tracker.set_tags(ctx.arm_runs[arm], {f"best.{k}": f"{v:.6g}" for k, v in best.items()})
+                tracker.log_params(
+                    ctx.arm_runs[arm], {k: f"{v:.6g}" for k, v in best.items()}
+                )  # MLflow compares params
                 tracker.set_tags(ctx.arm_runs[arm], {"trials_used": state.trials_used.get(arm, 0)})
                 tracker.terminate(ctx.arm_runs[arm], "FINISHED")
             states = [t.state.name for t in queue.get_trials(deepcopy=False)]

@@ -239,6 +239,18 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
+    def log_history(self, run_id: str, key: str, steps: list[int], values: list[float]) -> None:
+        """A metric's curve: `values[i]` at step `steps[i]` (non-finite values skipped)."""
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
     @contextlib.contextmanager
     def run(
         self,

@@ -92,6 +92,9 @@ def test_dashboard_serves_the_tuning_of_a_study(smoke_study: SmokeStudy) -> None
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
                     studies = json.loads(answer.read())["study_summaries"]
+                tuning = next(s for s in studies if s["study_name"] == "smoke-shared")
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{tuning['study_id']}") as answer:
+                    detail = json.loads(answer.read())
                 break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "optuna-dashboard did not start"
@@ -99,7 +102,12 @@ def test_dashboard_serves_the_tuning_of_a_study(smoke_study: SmokeStudy) -> None
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert {s["study_name"] for s in studies} == {"smoke-shared", "smoke-unshared"}
+    # each arm's tuning and its final seeds (a queue whose trial values are the finals' validation objective)
+    names = {"smoke-shared", "smoke-unshared", "smoke-shared-final", "smoke-unshared-final"}
+    assert {s["study_name"] for s in studies} == names
+    assert detail.get("objective_names") == ["val/retrieval/acc_at_1/mean"], list(
+        detail
+    )  # the axis names the objective
 
 
 def test_dashboard_without_a_journal_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,6 +44,23 @@ def test_arm_and_study_runs_carry_the_report_numbers_and_a_rebuild_recomputes_th
         assert study[key] == row["diff"]
         assert (study[f"{key}_ci_low"], study[f"{key}_ci_high"]) == (row["ci_low"], row["ci_high"])
         assert study[f"{key}_p_holm"] == row["p_adjusted"] and study[f"{key}_n_seeds"] == 2
+    # arm runs: the best parameters as params, the mean validation curve over the final seeds as a history
+    key = "val/retrieval/acc_at_1/mean"
+    for arm, run in arms.items():
+        assert "negatives.random_rate" in client.get_run(run.info.run_id).data.params
+        curves = [
+            {m.step: m.value for m in client.get_metric_history(r.info.run_id, key)}
+            for r in _runs(client, "final")
+            if r.data.tags["arm"] == arm
+        ]
+        mean = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert sorted(mean) == sorted(curves[0]) and len(mean) > 1
+        assert all(abs(mean[s] - sum(c[s] for c in curves) / len(curves)) < 1e-12 for s in mean)
+    # the verdict is what MLflow shows first: the study run's and the experiment's description
+    verdict = Path(tmp_path / "report" / "report.md").read_text().split("## Verdict", 1)[1].split("##", 1)[0]
+    note = _runs(client, "study")[0].data.tags["mlflow.note.content"]
+    assert note.startswith("Question: does shared") and note in verdict
+    assert client.get_experiment_by_name("smoke").tags["mlflow.note.content"] == note
 
     # one seed's final run gone (as if it were redone): a rebuild logs the aggregates of what is left
     gone, kept = sorted(
