@@ -5,7 +5,8 @@ trial heartbeats on database storages (`record_heartbeat`, `fail_stale_trials`, 
 clock against a grace period of `study.lease_s`), and the retry of a stale trial with the same parameters
 and attributes (`RetryHeartbeatStaleTrialCallback`). What the harness adds is small:
 
-- retries of every storage call through a database restart (tenacity, `tracking/retry.py`);
+- retries of every storage call through a database restart (tenacity, `tracking/retry.py`), and no
+  storage call cut short by a signal (on the journal, that would leave its lock file behind);
 - liveness on the journal file (one machine), which has no heartbeats: each worker holds an `flock` on a file
   of its own for its lifetime, so the operating system ends it with the process (no host or pid guesses);
 - the study lock, held for the short steps that must not interleave (setting up, taking the next item): a
@@ -67,6 +68,15 @@ def retrying_rdb_storage() -> type[RDBStorage]:
     return type("RetryingRDBStorage", (RDBStorage,), {n: _retried(getattr(RDBStorage, n)) for n in names})
 
 
+@functools.cache
+def guarded_journal_storage() -> type[JournalStorage]:
+    """Optuna's journal storage, whose calls a signal does not cut short: the journal's lock file is taken
+    and given back around each write, and an interrupt between the two would leave it for others to break
+    after 30 s (or break it under another writer)."""
+    names = [*BaseStorage.__abstractmethods__, "get_best_trial"]
+    return type("GuardedJournalStorage", (JournalStorage,), {n: _retried(getattr(JournalStorage, n)) for n in names})
+
+
 def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a stale trial again with the same parameters and item attributes, minus the dead worker's name."""
     clean = copy.deepcopy(trial)
@@ -90,7 +100,7 @@ def open_storage(url: str | None, run_dir: Path, lease_s: float, on_stale: Stale
                 grace_period=max(1, round(lease_s)),
                 heartbeat_stale_trial_callback=on_stale,
             )
-    return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    return guarded_journal_storage()(JournalFileBackend(str(run_dir / "optuna.journal")))
 
 
 def heartbeats(storage: BaseStorage) -> bool:
