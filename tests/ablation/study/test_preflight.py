@@ -114,13 +114,13 @@ def _start_two_workers(corpus: Path, tmp_path: Path, workers: int = 2) -> tuple[
 
 
 def _statuses(uri: str) -> dict[str, list[str]]:
-    from mlflow.tracking import MlflowClient
+    """Run statuses by role. Read through Tracker, which creates a new sqlite store under the same lock as
+    the study does: a bare MlflowClient here, polling while the study creates the store, migrated it at
+    the same time and broke it (2 of 20 runs of the parent-kill test)."""
+    from ablation.tracking.store import Tracker
 
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([exp.experiment_id]) if exp else []
     out: dict[str, list[str]] = {}
-    for r in runs:
+    for r in Tracker(uri).search("smoke", {}):
         out.setdefault(r.data.tags.get("role", "?"), []).append(r.info.status)
     return out
 
