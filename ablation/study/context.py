@@ -59,6 +59,7 @@ class StudyContext:
     arm_runs: dict[str, str] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     lease: Any = None  # the TrialLease of the item this worker runs now (read by its watcher thread)
+    slot_points: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # kind → slot → fixed point
     _queues: dict[str, optuna.Study] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

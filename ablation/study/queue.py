@@ -42,14 +42,16 @@ def startup_points(cfg: ExperimentConfig) -> list[dict[str, float]]:
 
 
 def slots(ctx: StudyContext, kind: str) -> dict[int, dict[str, float]]:
-    """slot → its fixed parameters (empty: sampled when taken)."""
-    s = ctx.cfg.study
-    if kind == "tuning":
-        points = startup_points(ctx.cfg)
-        return {i: points[i] if i < len(points) else {} for i in range(s.n_trials)}
-    if kind == "final":
-        return {seed: {} for seed in s.seeds}
-    return {0: {}}
+    """slot → its fixed parameters (empty: sampled when taken); computed once per process, since the
+    config does not change (it is read under the study lock at every item taken and every poll)."""
+    if kind not in ctx.slot_points:
+        s = ctx.cfg.study
+        if kind == "tuning":
+            points = startup_points(ctx.cfg)
+            ctx.slot_points[kind] = {i: points[i] if i < len(points) else {} for i in range(s.n_trials)}
+        else:
+            ctx.slot_points[kind] = {seed: {} for seed in s.seeds} if kind == "final" else {0: {}}
+    return ctx.slot_points[kind]
 
 
 def fill(ctx: StudyContext, kind: str, queue: optuna.Study, held: Held) -> None:
