@@ -54,9 +54,8 @@ smoke: $(VENV)/.installed ## the smoke study (tiny random BERT, seconds)
 report: $(VENV)/.installed ## rebuild reports/STUDY from MLflow (STUDY=quick)
 	$(PY) -m ablation report --study $(STUDY)
 
-ui: $(VENV)/.installed ## browse the runs: mlflow ui on 127.0.0.1:PORT over the same store (MLFLOW_TRACKING_URI or mlflow.db)
-	@echo "open http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI traces without it)"
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(PORT)
+ui: $(VENV)/.installed ## mlflow ui on 127.0.0.1:PORT (MLFLOW_TRACKING_URI or mlflow.db); prints the link to STUDY's comparison
+	$(PY) -m ablation ui --study $(STUDY) --port $(PORT)
 
 bench: $(VENV)/.installed ## speed/memory benchmark → reports/bench/bench.json
 	$(PY) -m ablation bench

@@ -237,6 +237,23 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from ablation.tracking.store import resolve_tracking_uri
+    from ablation.tracking.view import study_link
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    link = study_link(uri, args.study, f"http://127.0.0.1:{args.port}")
+    print(f"open {link}", flush=True)
+    if "viewStateShareKey" in link:
+        print(f"(study {args.study}: finals grouped by arm beside zero-shot; the chart tab holds the curves)")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command) if not args.print_only else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="ablation", description=__doc__)
@@ -306,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="the study's run folder (default runs/<study>)")
     p.add_argument("--port", type=_positive, default=8080)
     commands["dashboard"] = _cmd_dashboard
+
+    p = sub.add_parser("ui", help="mlflow ui over the store, printing the link that opens a study's comparison")
+    _common_tracking(p)
+    p.add_argument("--study", default="quick", help="the study the link opens (default quick)")
+    p.add_argument("--port", type=_positive, default=5000)
+    p.add_argument("--print-only", action="store_true", help="print the link and exit")
+    commands["ui"] = _cmd_ui
 
     p = sub.add_parser("services", help="a local PostgreSQL and mlflow server for the team setup (Ctrl-C stops)")
     p.add_argument("--dir", default=".services", help="where the cluster, artifacts and logs live")

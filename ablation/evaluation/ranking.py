@@ -38,11 +38,13 @@ class EvalResult:
 
     @property
     def slice_sizes(self) -> dict[str, int]:
-        """``<slice>/queries/<task>``: how many queries each slice holds."""
+        """``<slice>/queries/<task>``: how many queries each slice holds, where it holds any (an empty
+        slice has no metrics either; `per_query` still marks every query)."""
         return {
             f"{name}/queries/{task}": int(mask.sum())
             for name, masks in self.slices.items()
             for task, mask in masks.items()
+            if mask.any()
         }
 
     @cached_property

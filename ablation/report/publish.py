@@ -23,7 +23,14 @@ def arm_aggregates(runs: StudyRuns, arm: str) -> dict[str, float]:
     return out
 
 
-HISTORIES = ("val/retrieval/acc_at_1/mean", "val/rerank/acc_at_1/mean", "loss/total", "grad_norm/total")
+HISTORIES = (
+    "val/retrieval/acc_at_1/mean",
+    "val/rerank/acc_at_1/mean",
+    "epoch/loss/total",
+    "epoch/grad_norm/total",
+    "loss/total",
+    "grad_norm/total",
+)
 """Curves each arm run carries as the mean over its final seeds, step by step, for MLflow's grouped charts."""
 
 
@@ -35,6 +42,15 @@ def arm_histories(runs: StudyRuns, arm: str) -> dict[str, pd.Series]:
         if curves:
             out[key] = pd.concat(curves, axis=1).mean(axis=1).sort_index()
     return out
+
+
+VIEW_COLUMNS = tuple(
+    f"test/{prefix}{mode}/acc_at_1/mean" for prefix in ("", "unseen/") for mode in ("retrieval", "rerank")
+)
+"""The headline metrics (all and unseen queries) as the MLflow view's columns, each with its `_std`."""
+VIEW_CURVES = ("val/retrieval/acc_at_1/mean", "epoch/loss/total", "epoch/grad_norm/total")
+"""The MLflow view's line charts: validation acc@1 and the epoch means of the training loss and of the
+pre-clip gradient norm, one point per epoch; each group's line is the mean over its seeds."""
 
 
 def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:
@@ -60,13 +76,16 @@ def publish(
 ) -> None:
     """Log the aggregates and mean curves on the arm runs and the headline comparisons (against the first
     arm and against zero-shot) on the study run; the verdict becomes the description of the study run and
-    of its experiment (what MLflow shows first)."""
+    of its experiment (what MLflow shows first); the experiment also gets the view `make ui` opens."""
     from ablation.tracking.store import NOTE_TAG, Tracker
+    from ablation.tracking.view import view_state, view_tag
 
     tracker = Tracker(tracking_uri)
+    experiment = runs.study_run.info.experiment_id
     if verdict:
         tracker.set_tags(runs.study_run.info.run_id, {NOTE_TAG: verdict})
-        tracker.set_experiment_tags(runs.study_run.info.experiment_id, {NOTE_TAG: verdict})
+        tracker.set_experiment_tags(experiment, {NOTE_TAG: verdict})
+    tracker.set_experiment_tags(experiment, view_tag(runs.name, view_state(runs.name, VIEW_COLUMNS, VIEW_CURVES)))
     arm_runs = runs.runs[runs.runs["role"] == "arm"]
     for arm in arms:
         ids = arm_runs[arm_runs["arm"] == arm]["run_id"].tolist()

@@ -12,7 +12,14 @@ from ablation.errors import UserError
 from ablation.study.state import StudyState, study_state
 from ablation.tracking.store import Tracker
 
-HISTORY_KEYS = ("loss/total", "grad_norm/total", "grad_cosine/query_vs_candidate", "encoder_distance")
+HISTORY_KEYS = (
+    "loss/total",
+    "grad_norm/total",
+    "grad_cosine/query_vs_candidate",
+    "encoder_distance",
+    "epoch/loss/total",
+    "epoch/grad_norm/total",
+)
 VAL_KEYS = ("val/rerank/acc_at_1/mean", "val/retrieval/acc_at_1/mean")
 
 

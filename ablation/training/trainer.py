@@ -37,6 +37,9 @@ from models.heads import pca_projection
 from models.loss import TripletPairLoss
 
 DEFAULT_CACHE = REPO_ROOT / "runs" / "prefix-cache"
+EPOCH_MEANS = ("epoch/loss/total", "epoch/grad_norm/total")
+"""Each epoch's mean training loss and pre-clip gradient norm, recorded at the epoch's step beside its
+validation metrics, so that all three read per epoch."""
 """Where frozen-prefix caches go unless `data.cache_dir` names a folder (one file per model, depth and split)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -124,6 +127,7 @@ class Trainer:
         self.evaluator = TrainedEvaluator(self.model, self.texts, cfg.eval.batch_size, self.device, cfg.train.precision)
         self.step = 0
         self.clipped_steps = 0  # steps whose pre-clip gradient norm exceeded train.grad_clip
+        self.epoch_sums = dict.fromkeys(EPOCH_MEANS, 0.0)
         self.result = TrainResult()
 
     def _side_texts(self) -> SideTexts:
@@ -215,6 +219,8 @@ class Trainer:
             vectors[1][idx] = out.pos_proj.detach().float().cpu().numpy()
             vectors[1][negatives[idx]] = out.neg_proj.detach().float().cpu().numpy()
         recorder.log_metrics(metrics, self.step)
+        self.epoch_sums["epoch/loss/total"] += value
+        self.epoch_sums["epoch/grad_norm/total"] += metrics["grad_norm/total"]
         self.result.losses.append(value)
         self.step += 1
         return value
@@ -260,6 +266,7 @@ class Trainer:
                 }
             )
             desc = f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch}/{cfg.train.epochs}"
+            self.epoch_sums = dict.fromkeys(EPOCH_MEANS, 0.0)
             bar = tqdm(batches, desc=desc, unit="step", leave=False, disable=None)
             for idx in bar:  # with reuse, the steps update `vectors` in place (mining is done with them)
                 loss = self.train_step(idx, negs.index, recorder, vectors if reuse else None)
@@ -271,6 +278,7 @@ class Trainer:
                 "time/train_s": train_time,
                 "time/negative_refresh_s": refresh,
             }
+            times.update({k: v / len(batches) for k, v in self.epoch_sums.items()})
             if cfg.train.grad_clip is not None:  # share of the steps so far that were clipped
                 times["grad/clipped_share"] = self.clipped_steps / max(1, self.step)
             recorder.log_metrics({**negs.stats(), **times}, step=epoch)

@@ -1,8 +1,10 @@
 """In a real browser (headless Chromium): the report's figures all decode and its page logs no error, and
-`mlflow ui` opens the study on its training runs with the arms at the top level."""
+the link `make ui` prints opens the study's comparison in `mlflow ui`."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import html
 import json
 import os
@@ -12,12 +14,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ablation.cli import main
 from ablation.report.build import build_report
+from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES
 from ablation.tracking.services import free_port
 from tests.conftest import SmokeStudy
 
@@ -76,11 +82,80 @@ def test_the_report_renders_every_figure_without_an_error(smoke_study: SmokeStud
     assert check["headings"][0] == "Verdict"  # the answer first, as a results section opens
 
 
-def test_mlflow_ui_opens_the_study_on_its_runs_with_the_arms_on_top(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+class Browser:
+    """Headless Chromium driven over its DevTools protocol, so that a test waits for what a page renders
+    (MLflow draws a chart card only after fetching its metric histories) instead of a fixed delay."""
+
+    def __init__(self, profile: Path, width: int = 1600, height: int = 1000) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={self.port}",
+             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=2) as r:
+                    pages = [t for t in json.load(r) if t["type"] == "page"]
+                if pages:
+                    self.ws = pages[0]["webSocketDebuggerUrl"]
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not start"
+            time.sleep(0.3)
+
+    def call(self, method: str, **params: object) -> dict:
+        """One DevTools command; its result."""
+
+        async def send() -> dict:
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.ws, max_msg_size=0) as ws:
+                await ws.send_json({"id": 1, "method": method, "params": params})
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data.get("id") == 1:
+                        assert "error" not in data, data
+                        return data["result"]
+            raise AssertionError(f"{method}: no answer")
+
+        return asyncio.run(send())
+
+    def text_when(self, url: str, ready: Callable[[str], bool], timeout_s: float = 120) -> str:
+        """Open `url` and return the page's visible text once `ready(text)` holds (fails after `timeout_s`)."""
+        self.call("Page.navigate", url=url)
+        deadline, text = time.monotonic() + timeout_s, ""
+        while time.monotonic() < deadline:
+            result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+            text = result["result"].get("value", "")
+            if ready(text):
+                return text
+            time.sleep(1)
+        raise AssertionError(f"{url} never got ready; it shows: {text[:3000]}")
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def test_make_ui_prints_one_link_that_opens_the_comparison(
+    smoke_study: SmokeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = MlflowClient(uri).get_experiment_by_name("smoke").experiment_id
     port = free_port()
+    assert main(["ui", "--tracking-uri", uri, "--study", "smoke", "--port", str(port), "--print-only"]) == 0
+    before = capsys.readouterr().out.splitlines()[0]
+    assert "viewStateShareKey" not in before  # no report yet: the study's runs page, no view to open
+    build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "r"))  # publishes the view
+    assert main(["ui", "--tracking-uri", uri, "--study", "smoke", "--port", str(port), "--print-only"]) == 0
+    link = capsys.readouterr().out.splitlines()[0].removeprefix("open ")
+    exp = MlflowClient(uri).get_experiment_by_name("smoke").experiment_id
+    assert link == f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?viewStateShareKey=compare-smoke"
     ui = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -96,11 +171,34 @@ def test_mlflow_ui_opens_the_study_on_its_runs_with_the_arms_on_top(smoke_study:
             except OSError:
                 assert time.monotonic() < deadline and ui.poll() is None, "mlflow ui did not start"
                 time.sleep(0.5)
-        dom = dump_dom(f"http://127.0.0.1:{port}/#/experiments/{exp}?workflowType=machine_learning", 20000)
+        browser = Browser(tmp_path / "profile", width=3200)  # wide: the table renders only columns in view
+        try:
+            table = browser.text_when(link, lambda text: "Group: shared" in text or "share key" in text)
+            browser.screenshot(tmp_path / "table.png")
+            curves = [f"shared ({key})" for key in VIEW_CURVES]
+            charts = browser.text_when(
+                f"{link}&compareRunsMode=CHART", lambda text: all(c in text for c in curves) or "share key" in text
+            )
+            browser.screenshot(tmp_path / "charts.png")
+        finally:
+            browser.close()
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
-    text = re.sub(r"<[^>]+>", " ", dom)
-    assert "Runs" in text and "Detect Issues" not in text  # the training runs, not the GenAI overview
-    for name in ("smoke", "shared", "unshared"):  # the study run and both arm runs, no expanding needed
-        assert re.search(rf"\b{name}\b", text), name
+    assert "shared view" in table and "share key" not in table  # the view loaded, not its error
+    assert "Detect Issues" not in table  # the training runs, not the GenAI overview
+    client = MlflowClient(uri)
+    roles = {r.data.tags["arm"]: r.data.tags["role"] for r in client.search_runs([exp], "tags.role != 'study'")}
+    for arm in ("shared", "unshared", "zero-shot"):  # finals grouped by arm (zero-shot where the study has it)
+        assert (f"Group: {arm}" in table) == (arm in roles), arm
+    for column in VIEW_COLUMNS:  # the headline columns and their seed std are visible, not behind "Columns"
+        assert column in table and f"{column}_std" in table, column
+    assert "seed1" in table and "trial0" not in table  # finals, not tuning trials
+    assert (tmp_path / "charts.png").read_bytes()[:4] == b"\x89PNG"
+    # the chart tab opens on the per-epoch curves, one line per arm, then the headline bars
+    flat = re.sub(r"\s+", " ", charts)
+    curves, bars = f"Per epoch, mean over seeds ({len(VIEW_CURVES)})", f"Test (headline) ({len(VIEW_COLUMNS)})"
+    assert -1 < flat.find(curves) < flat.find(bars), flat[:3000]
+    first = flat[flat.find(curves) : flat.find(bars)]
+    for key in VIEW_CURVES:
+        assert f"shared ({key})" in first and f"unshared ({key})" in first, key

@@ -121,6 +121,12 @@ def test_per_step_and_per_epoch_records(data: RunData) -> None:
         assert [s for s, _ in rec.history(key)] == ([0, 1, 2] if key.startswith("val/") else [1, 2]), key
     assert "test/rerank/acc_at_1/epa" in trainer.result.test_metrics
     assert "per_query_test.csv" in rec.texts and "config.yaml" in rec.texts
+    per_epoch = steps // 2  # two epochs of equal length
+    for key in ("loss/total", "grad_norm/total"):  # the epoch mean is that epoch's steps' mean, at its step
+        values = [v for _, v in rec.history(key)]
+        means = rec.history(f"epoch/{key}")
+        assert [s for s, _ in means] == [1, 2], key
+        assert [v for _, v in means] == pytest.approx([np.mean(values[:per_epoch]), np.mean(values[per_epoch:])])
 
 
 def test_shared_gradient_cosine_uses_one_backward_per_side(data: RunData) -> None:

@@ -1,0 +1,122 @@
+"""The MLflow view a study opens on: its final runs grouped by arm next to the zero-shot reference, the
+headline metrics (and their `_std`) as columns, and the curves per epoch as charts.
+
+MLflow 3 keeps a shareable view of the runs page in an experiment tag, `mlflow.sharedViewState.<key>`,
+and opens it from a link with `viewStateShareKey=<key>`. The tag holds the page's search facets and UI
+state as JSON; the field names below are those that MLflow's runs page reads (3.17)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ablation.tracking.store import Tracker, quote
+
+SHARE_TAG_PREFIX = "mlflow.sharedViewState."
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def share_key(study: str) -> str:
+    """The view's key: `compare-<study>` where the study name is a plain token, else a digest of it."""
+    name = study if _KEY.fullmatch(study) else hashlib.sha256(study.encode()).hexdigest()[:16]
+    return f"compare-{name}"
+
+
+def _column(key: str) -> str:
+    return f"metrics.`{key}`"
+
+
+def _chart(kind: str, key: str, section: str) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "uuid": f"{kind.lower()}-{key}",
+        "type": kind,
+        "runsCountToCompare": 10,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "metricKey": key,
+        "displayName": key,  # MLflow titles a card with its metric key, whatever this says
+    }
+    if kind == "LINE":
+        card.update(
+            selectedMetricKeys=[key],
+            lineSmoothness=0,
+            xAxisKey="step",
+            xAxisScaleType="linear",
+            scaleType="linear",
+            selectedXAxisMetricKey="",
+            yAxisKey="metric",
+            yAxisExpressions=[],
+            ignoreOutliers=False,
+            useGlobalXaxisKey=False,
+            useGlobalLineSmoothing=False,
+            range={},
+        )
+    return card
+
+
+def view_state(study: str, columns: Sequence[str], curves: Sequence[str]) -> dict[str, Any]:
+    """The runs page of `study`: its final runs, arm runs and zero-shot run, grouped by the `arm` tag
+    (group rows show the mean over the group's runs; an arm run carries its finals' means, so it leaves
+    the mean unchanged and adds `_std`); `columns` shown first, each with its `_std`, and drawn as bar
+    charts; line charts of `curves` per step."""
+    shown = [c for key in columns for c in (_column(key), _column(f"{key}_std"))]
+    charts = [_chart("LINE", key, "curves") for key in curves] + [_chart("BAR", key, "test") for key in columns]
+    return {
+        "searchFilter": f"tags.study = {quote(study)} and tags.role != 'trial' and tags.role != 'study'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": [*shown, "tags.`seed`", "tags.`role`"],
+        "columnOrder": shown,
+        "columnWidths": {c: 210 if c.endswith("_std`") else 250 for c in shown},
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts,
+        "compareRunSections": [
+            {"uuid": "curves", "name": "Per epoch, mean over seeds", "display": True, "isReordered": False},
+            {"uuid": "test", "name": "Test (headline)", "display": True, "isReordered": False},
+        ],
+        "isAccordionReordered": True,  # keeps these sections first; MLflow appends one per metric prefix
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+        "groupsExpanded": {},
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "viewMaximized": False,
+        "runListHidden": False,
+        "chartsSearchFilter": "",
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def view_tag(study: str, state: dict[str, Any]) -> dict[str, str]:
+    """The experiment tag that holds the view."""
+    return {f"{SHARE_TAG_PREFIX}{share_key(study)}": json.dumps(state, separators=(",", ":"))}
+
+
+def view_link(base_url: str, experiment_id: str, study: str) -> str:
+    """The link that opens the view, on the runs page of the experiment."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={share_key(study)}"
+
+
+def study_link(tracking_uri: str, study: str, base_url: str) -> str:
+    """The link `make ui` prints: the study's view where its report published one, else its experiment's
+    runs page, else the experiment list. Nothing is created in a store that does not exist yet."""
+    base = base_url.rstrip("/")
+    fallback = f"{base}/#/experiments?workflowType=machine_learning"  # MLflow 3 opens on GenAI without it
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return fallback
+    tracker = Tracker(tracking_uri)
+    found = tracker.search(None, {"study": study, "role": "study"}, limit=1)
+    if not found:
+        return fallback
+    experiment = tracker.client.get_experiment(found[0].info.experiment_id)
+    if f"{SHARE_TAG_PREFIX}{share_key(study)}" in experiment.tags:
+        return view_link(base, experiment.experiment_id, study)
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs"
