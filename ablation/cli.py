@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -163,9 +164,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from ablation.config import check_name
     from ablation.report.build import build_report
+    from ablation.tracking.store import resolve_tracking_uri
 
-    paths = build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
+    check_name(args.study, "report: --study")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"report: no MLflow store at {uri.removeprefix('sqlite:///')} (run the study first)")
+
+    paths = build_report(args.study, tracking_uri=uri, out_dir=args.out)
     print(f"report written: {paths.html}")
     return 0
 
@@ -186,7 +194,6 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
 
 def _cmd_services(args: argparse.Namespace) -> int:
     import signal
-    from pathlib import Path
 
     from ablation.tracking.services import MlflowServer, Postgres
 
@@ -214,17 +221,17 @@ def _cmd_services(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from ablation.config import load_config
     from ablation.io import REPO_ROOT
     from ablation.study.preflight import check_storage
+    from ablation.study.storage import JOURNAL
 
     cfg = load_config(args.config, args.set or [])
     storage = cfg.study.storage
     if storage is None:
         journal = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / cfg.study.name
-        journal = journal / "optuna.journal"
+        journal = journal / JOURNAL
         if not journal.is_file():
             raise UserError(f"dashboard: no Optuna journal at {journal} (run the study first, or set study.storage)")
         storage = str(journal)
@@ -239,11 +246,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
-    from pathlib import Path
 
+    from ablation.config import check_name
     from ablation.tracking.store import resolve_tracking_uri
     from ablation.tracking.view import study_link
 
+    check_name(args.study, "ui: --study")
     uri = resolve_tracking_uri(args.tracking_uri)
     link = study_link(uri, args.study, f"http://127.0.0.1:{args.port}")
     print(f"open {link}", flush=True)
@@ -257,6 +265,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="ablation", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -364,3 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("interrupted", file=sys.stderr)
         return INTERRUPTS.exit_code
+    except Exception as exc:  # not bad input: a bug or a broken service; its runs were ended FAILED
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first[:300]} (run with --debug for the traceback)", file=sys.stderr)
+        return 1

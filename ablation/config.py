@@ -7,6 +7,8 @@ from YAML, a `--set` override or code.
 
 from __future__ import annotations
 
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,7 @@ __all__ = [
     "PER_MACHINE",
     "TASKS",
     "ExperimentConfig",
+    "check_name",
     "differences",
     "dump_yaml",
     "flatten",
@@ -32,8 +35,10 @@ __all__ = [
     "to_dict",
 ]
 
-Seed = Annotated[StrictInt, Field(ge=0)]
+Seed = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class _Section(BaseModel):
@@ -112,7 +117,7 @@ class EvalConfig(_Section):
 
     ks: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(default=(1, 5, 10), min_length=1)
     rerank_k: Annotated[StrictInt, Field(ge=1)] = 10
-    val_tasks: tuple[Literal[TASKS], ...] = TASKS  # type: ignore[valid-type]
+    val_tasks: tuple[Literal[TASKS], ...] = Field(default=TASKS, min_length=1)  # type: ignore[valid-type]
     batch_size: Annotated[StrictInt, Field(ge=1)] = 64
     max_val_queries: Annotated[StrictInt, Field(ge=1)] | None = None
 
@@ -147,7 +152,8 @@ class SearchParam(_Section):
 class StudyConfig(_Section):
     """The ablation study: arms, tuning budget, seeds and objective."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[^'\"]*('[^\"]*|\"[^']*)?$")] = "study"
+    # a name, never a path: it names the run and report folders and the Optuna studies
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "study"
     arms: tuple[str, ...] = ("shared", "unshared")
     n_trials: Annotated[StrictInt, Field(ge=0)] = 4
     seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1)
@@ -190,9 +196,18 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"unknown arm {arm!r} (known: {', '.join(sorted(ARMS))})")
         if len(set(self.study.arms)) != len(self.study.arms) or not self.study.arms:
             raise ValueError("study.arms must list at least one arm, each once")
-        for key in self.study.search_space:
+        for key, param in self.study.search_space.items():
             if _setting_type(key) is not float:
                 raise ValueError(f"study.search_space: {key!r} does not name a number setting that can be sampled")
+            low, high = _setting_bounds(key)
+            if param.low < low or param.high > high:
+                raise ValueError(
+                    f"study.search_space.{key}: the range {param.low} to {param.high} leaves the setting's own "
+                    f"range {low} to {high}"
+                )
+        seen = [s for i, s in enumerate(self.study.seeds) if s in self.study.seeds[:i]]
+        if seen:
+            raise ValueError(f"study.seeds: seed {seen[0]} is listed twice (each seed is one final run per arm)")
         return self
 
 
@@ -221,6 +236,13 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], most: int = 3
     return [f"{k} is {recorded.get(k, '(unset)')!r} there, {current.get(k, '(unset)')!r} here" for k in keys[:most]]
 
 
+def check_name(name: str, what: str) -> None:
+    """A study name given on the command line obeys the same rule as `study.name`."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        shown = f"{name[:40]}… ({len(name)} characters)" if len(name) > 48 else name
+        raise UserError(f"{what}: {shown!r} is not a plain name: {NAME_RULE}")
+
+
 def _setting_type(dotted: str) -> Any:
     """The plain type of the setting at `dotted` (float for `float | None`), or None if there is none."""
     cls: Any = ExperimentConfig
@@ -235,6 +257,28 @@ def _setting_type(dotted: str) -> Any:
         if typing.get_origin(cls) is Annotated:
             cls = typing.get_args(cls)[0]
     return cls
+
+
+def _setting_bounds(dotted: str) -> tuple[float, float]:
+    """The inclusive range the setting at `dotted` accepts (its Field's ge/le; ±inf where unbounded)."""
+    section, name = dotted.rsplit(".", 1)
+    cls: Any = ExperimentConfig
+    for part in section.split("."):
+        cls = cls.model_fields[part].annotation
+    low, high = -math.inf, math.inf
+    for meta in cls.model_fields[name].metadata + _union_metadata(cls.model_fields[name].annotation):
+        low = max(low, getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low)
+        high = min(high, getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high)
+    return low, high
+
+
+def _union_metadata(annotation: Any) -> list[Any]:
+    """The Field constraints inside `Annotated[...] | None`."""
+    out = []
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            out.extend(m for a in typing.get_args(arg)[1:] for m in getattr(a, "metadata", [a]))
+    return out
 
 
 _MESSAGES = {
@@ -253,7 +297,7 @@ _MESSAGES = {
     "string_type": "expected a string, got {input!r}",
     "too_short": "must not be empty",
     "string_too_short": "must not be empty",
-    "string_pattern_mismatch": "{input!r} holds both kinds of quote (MLflow cannot search for it)",
+    "string_pattern_mismatch": "{input!r} is not a plain name: " + NAME_RULE,
 }
 
 
@@ -265,7 +309,9 @@ def one_line(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         where = ".".join(loc[:-1])
         return f"config: unknown key {where + '.' if where else ''}{loc[-1]!r}"
-    ctx = {**err.get("ctx", {}), "input": err.get("input"), "kind": type(err.get("input")).__name__}
+    given = err.get("input")
+    shown = f"{given[:40]}… ({len(given)} characters)" if isinstance(given, str) and len(given) > 48 else given
+    ctx = {**err.get("ctx", {}), "input": shown, "kind": type(given).__name__}
     template = _MESSAGES.get(err["type"])
     text = template.format(**ctx) if template else str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
     return f"config: {'.'.join(loc) + ': ' if loc else ''}{text}"
@@ -312,6 +358,37 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                line = node.value[i][0].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (line {line})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """An experiment YAML as a mapping: a text file holding one mapping, each key once."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config: {p} is not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"config: cannot read {p}: {exc.strerror}") from None
+    try:
+        values = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config: {p} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if values is None:
+        raise UserError(f"config: {p} is empty (an experiment YAML overrides at least one default)")
+    if not isinstance(values, dict):
+        raise UserError(f"config: {p}: the top level must be a mapping")
+    return values
+
+
 def _parse_override(text: str) -> dict[str, Any]:
     """`train.lr=1e-5` → {"train": {"lr": 1e-5}} (the value is parsed as YAML)."""
     if "=" not in text:
@@ -333,12 +410,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         p = Path(path)
         if not p.is_file():
             raise UserError(f"config: no such file: {p}")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config: {p}: the top level must be a mapping")
+        values = _read_yaml(p)
     for text in overrides:
         values = _merge(values, _parse_override(text))
     return from_dict(values)

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ablation.config import ModelConfig
 from ablation.errors import UserError
-from models.backbone import TinyBert, load_encoder, load_tokenizer
+from models.backbone import TinyBert, layer_count, load_encoder, load_tokenizer
 from models.biencoder import BiEncoder, BiEncoderSpec, build_biencoder
 
 T = TypeVar("T")
@@ -36,6 +36,13 @@ def spec(cfg: ModelConfig) -> BiEncoderSpec:
         freeze_layers=cfg.freeze_layers,
         tiny=TinyBert(**cfg.tiny.model_dump()),
     )
+
+
+def check(cfg: ModelConfig) -> None:
+    """What the model section asks of the model itself, checked from its config before anything runs."""
+    layers = _user_error(lambda: layer_count(cfg.name, spec(cfg).tiny))
+    if cfg.freeze_layers > layers:
+        raise UserError(f"config: model.freeze_layers: {cfg.freeze_layers} is above the {layers} layers of {cfg.name}")
 
 
 def tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 TINY = "tiny-random"
@@ -84,6 +84,18 @@ def load_encoder(
             stacklevel=2,
         )
     return model
+
+
+def layer_count(name: str, tiny: TinyBert = TinyBert()) -> int:
+    """How many transformer layers the encoder has, read from its config alone (no weights are loaded).
+    Raises ValueError when the config cannot be read."""
+    if name == TINY:
+        return tiny.num_hidden_layers
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot load {name!r}: {str(exc).splitlines()[0]}") from None
+    return int(config.num_hidden_layers)
 
 
 def hidden_size(encoder: nn.Module) -> int:

@@ -6,13 +6,17 @@ and evaluation only need the layers above it. The vectors of a split's texts are
 array memory-mapped from disk, with each text's row offsets. The file name is a digest of everything the
 vectors depend on: the prefix's weights (model, revision), its depth, and the token ids of every text
 (tokenizer, max_length, corpus and subset). It is built under a file lock and renamed into place only when
-complete, so a killed build leaves no half file and a rerun reuses a finished one.
+complete, so a killed build leaves no half file and a rerun reuses a finished one. A finished store also
+carries the SHA-256 of its two arrays (`.sha256.json`), checked each time it is opened: a file changed,
+cut short or missing since is rebuilt, with one warning line, instead of giving wrong numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,38 @@ def _digest(prefix: str, tokens: Tokens) -> str:
     return h.hexdigest()[:24]
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parts(path: Path) -> tuple[Path, Path]:
+    """The offsets file and the digest file beside a store's vectors."""
+    return path.with_suffix(".offsets.npy"), path.with_suffix(".sha256.json")
+
+
+def _sums(path: Path) -> dict[str, str]:
+    offsets, _ = _parts(path)
+    return {"vectors": file_sha256(path), "offsets": file_sha256(offsets)}
+
+
+def verify(path: Path) -> str | None:
+    """What is wrong with a finished store, or None when its arrays match their recorded digests."""
+    offsets, sums = _parts(path)
+    missing = [p.name for p in (offsets, sums) if not p.exists()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        recorded = json.loads(sums.read_text())
+    except ValueError:
+        return f"{sums.name} unreadable"
+    return None if _sums(path) == recorded else "contents differ from their recorded digest"
+
+
 @dataclass(frozen=True)
 class PrefixStore:
     """Cached prefix vectors of a list of texts: rows ``offsets[i]:offsets[i + 1]`` of `vectors` are text i."""
@@ -64,8 +100,13 @@ class PrefixStore:
         `prefix` is the tower's `prefix_digest`, for callers that open several stores of one tower."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"prefix-{_digest(prefix or prefix_digest(tower), tokens)}.npy"
-        offsets_path = path.with_suffix(".offsets.npy")
+        offsets_path, sums_path = _parts(path)
         with FileLock(str(path) + ".lock"):
+            problem = verify(path) if path.exists() else None
+            if problem:
+                print(f"warning: frozen-prefix cache {path}: {problem}; building it again", file=sys.stderr)
+                for part in (path, offsets_path, sums_path):
+                    part.unlink(missing_ok=True)
             if not path.exists():
                 cls._build(path, offsets_path, tower, tokens, pad_id, batch_size, device)
         return cls(np.load(path, mmap_mode="r"), np.load(offsets_path), path)
@@ -94,6 +135,8 @@ class PrefixStore:
             out.flush()
             del out
             np.save(offsets_path, offsets)
+            sums = {"vectors": file_sha256(tmp), "offsets": file_sha256(offsets_path)}
+            _parts(path)[1].write_text(json.dumps(sums))
             os.replace(tmp, path)  # last: the store exists only once complete
         finally:
             tmp.unlink(missing_ok=True)

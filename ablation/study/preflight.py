@@ -10,8 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from ablation.config import ExperimentConfig
+from ablation.encoders import check as check_model
 from ablation.errors import UserError
 from ablation.runtime import resolve_device
+from ablation.study.storage import JOURNAL, check_journal
+from ablation.tracking import sqlite_store
 
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")  # Optuna RDB storages
 
@@ -30,8 +33,27 @@ def _writable_folder(path: Path, what: str) -> None:
         raise UserError(f"{what}: {probe} is not writable (for {path})")
 
 
+def _existing_folder(path: Path, what: str) -> None:
+    """`path` is a writable folder that exists (a database file is not made in a folder that is not there)."""
+    _writable_folder(path, what)
+    if not path.is_dir():
+        raise UserError(f"{what}: the folder {path} does not exist")
+
+
 def check_run_folder(path: Path) -> None:
     _writable_folder(path, "run folder")
+    journal = path / JOURNAL
+    if journal.exists():
+        try:
+            os.close(os.open(journal, os.O_WRONLY | os.O_APPEND))  # what Optuna does; refused when immutable
+        except OSError as exc:
+            raise UserError(f"study storage {journal}: cannot be written ({exc.strerror})") from None
+        check_journal(journal)
+
+
+def check_cache_dir(cfg: ExperimentConfig) -> None:
+    if cfg.data.cache_dir is not None:
+        _writable_folder(Path(cfg.data.cache_dir), "data.cache_dir")
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -46,7 +68,8 @@ def check_tracking_uri(uri: str) -> None:
             raise UserError(f"tracking URI {uri!r}: {db} is a folder, not a database file")
         if db.exists() and not os.access(db, os.R_OK | os.W_OK):
             raise UserError(f"tracking URI {uri!r}: {db} is not writable")
-        _writable_folder(db.parent, f"tracking URI {uri!r}")
+        _existing_folder(db.parent, f"tracking URI {uri!r}")
+        sqlite_store.check_store(db, f"tracking URI {uri!r}", repair=False)
     elif scheme == "file" or not scheme:
         folder = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
         if folder.exists() and not folder.is_dir():
@@ -84,7 +107,7 @@ def check_storage(url: str | None) -> None:
         if db and db != ":memory:":
             if Path(db).is_dir():
                 raise UserError(f"study.storage {url!r}: {db} is a folder, not a database file")
-            _writable_folder(Path(db).parent, f"study.storage {url!r}")
+            _existing_folder(Path(db).parent, f"study.storage {url!r}")
         return
     try:
         with engine.connect():
@@ -99,6 +122,8 @@ def check_storage(url: str | None) -> None:
 def preflight(cfg: ExperimentConfig, tracking_uri: str, run_dir: Path) -> None:
     """Everything a study needs, checked before it writes: device, run folder, tracking store, storage."""
     resolve_device(cfg.train.device)
+    check_model(cfg.model)
+    check_cache_dir(cfg)
     check_run_folder(run_dir)
     check_tracking_uri(tracking_uri)
     check_storage(cfg.study.storage)

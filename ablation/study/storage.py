@@ -22,7 +22,9 @@ import copy
 import fcntl
 import functools
 import hashlib
+import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -33,9 +35,10 @@ import optuna
 import sqlalchemy as sa
 from filelock import FileLock
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from ablation.errors import UserError
 from ablation.tracking.retry import retry_call
 
 IDENTITY = ("worker", "host", "pid")  # user attributes naming the worker that runs a trial
@@ -86,6 +89,36 @@ def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback()(study, clean)
 
 
+JOURNAL = "optuna.journal"
+"""The study's Optuna journal in its run folder, where no database storage is named."""
+
+
+def check_journal(path: Path, repair: bool = False) -> str | None:
+    """A journal is JSON lines. Every complete line must parse, else the file is not a journal (one error
+    naming it). A last line with no newline is a write cut short by a kill or a full disk: with `repair`
+    it is dropped, under the journal's own lock, and the warning to print is returned."""
+    lock = JournalFileSymlinkLock(str(path)) if repair else None  # a check alone writes nothing, not even a lock
+    if lock is not None:
+        lock.acquire()
+    try:
+        data = path.read_bytes()
+        body, _, tail = data.rpartition(b"\n")
+        for number, line in enumerate(body.split(b"\n") if data.count(b"\n") else [], start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise UserError(f"study storage {path}: line {number} is not an Optuna journal entry") from None
+        if tail and not tail.startswith(b"{"):
+            raise UserError(f"study storage {path}: not an Optuna journal (its last line is no journal entry)")
+        if tail and repair:
+            os.truncate(path, len(data) - len(tail))
+            return f"warning: {path}: dropped a last entry cut short by a kill or a full disk ({len(tail)} bytes)"
+    finally:
+        if lock is not None:
+            lock.release()
+    return None
+
+
 def open_storage(url: str | None, run_dir: Path, lease_s: float, on_stale: StaleCallback) -> BaseStorage:
     """The study's storage: a database (with trial heartbeats every lease_s / 4 and a grace period of
     lease_s), or the journal file in the run folder."""
@@ -100,7 +133,12 @@ def open_storage(url: str | None, run_dir: Path, lease_s: float, on_stale: Stale
                 grace_period=max(1, round(lease_s)),
                 heartbeat_stale_trial_callback=on_stale,
             )
-    return guarded_journal_storage()(JournalFileBackend(str(run_dir / "optuna.journal")))
+    journal = run_dir / JOURNAL
+    if journal.exists():
+        warning = check_journal(journal, repair=True)
+        if warning:
+            print(warning, file=sys.stderr)
+    return guarded_journal_storage()(JournalFileBackend(str(journal)))
 
 
 def heartbeats(storage: BaseStorage) -> bool:

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from ablation.io import REPO_ROOT
 from ablation.runtime import INTERRUPTS
+from ablation.tracking import sqlite_store
 from ablation.tracking.retry import configure_client_retries, retry_call
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -95,20 +96,16 @@ class Tracker:
     """One MLflow store: experiments by name, runs created and searched."""
 
     def __init__(self, uri: str) -> None:
-        """Open the store. MLflow creates and migrates a fresh sqlite file when the client is made, and two
-        processes doing that at once leave it broken, so for sqlite that happens under a lock file beside it."""
+        """Open the store. A sqlite file is checked first and, where missing, built whole before MLflow opens
+        it (`sqlite_store`): MLflow's own in-place creation left a half-built store when killed, and two
+        processes creating one at once broke it."""
         self.uri = uri
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per run start/stop
         configure_client_retries()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one progress line per run is ours
-        if uri.startswith("sqlite:///"):
-            from filelock import FileLock
-
-            with FileLock(f"{uri[len('sqlite:///') :]}.lock"):
-                self.client = _Retried(retry_call(MlflowClient, tracking_uri=uri))
-        else:
-            self.client = _Retried(MlflowClient(tracking_uri=uri))
+        sqlite_store.prepare(uri)
+        self.client = _Retried(retry_call(MlflowClient, tracking_uri=uri))
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status

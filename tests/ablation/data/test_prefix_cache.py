@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ablation.data.prefix_cache import PrefixStore, split_texts
+from ablation.config import replace_path
+from ablation.data.prefix_cache import PrefixStore, split_texts, verify
 from ablation.data.run_data import RunData, load_run_data
 from ablation.evaluation.trained import encode_sides, token_texts
 from ablation.training.recorder import MemoryRecorder
@@ -92,3 +94,28 @@ def test_the_key_covers_weights_depth_and_tokens(corpus: Path, data: RunData, tm
     assert path(seed=2) != base  # the tiny random BERT's weights come from the seed
     assert path(**{"model.freeze_layers": 2}) != base
     assert path(**{"model.max_length": 24}) != base  # other tokens (tokenizer, max_length and texts alike)
+
+
+@pytest.mark.parametrize("damage", ["finite half", "truncated", "offsets missing", "digest missing"])
+def test_a_damaged_store_is_rebuilt_with_a_warning_and_gives_the_same_numbers(
+    data: RunData, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = replace_path(_config(tmp_path), "train.epochs", 1)
+    first = Trainer(cfg, data).fit(MemoryRecorder()).test_metrics
+    stores = sorted((tmp_path / "cache").glob("prefix-*[0-9a-f].npy"), key=lambda p: p.stat().st_size)
+    target = stores[-1]  # the largest: the training split's
+    if damage == "finite half":  # the silent kind: finite values, a valid file, wrong numbers
+        vectors = np.load(target, mmap_mode="r+")
+        vectors[len(vectors) // 2 :] = 0.5
+        vectors.flush()
+        del vectors
+    elif damage == "truncated":
+        os.truncate(target, target.stat().st_size // 2)
+    else:
+        target.with_suffix(".offsets.npy" if damage == "offsets missing" else ".sha256.json").unlink()
+    capsys.readouterr()
+    again = Trainer(cfg, data).fit(MemoryRecorder()).test_metrics
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and target.name in warnings[0] and "building it again" in warnings[0]
+    assert again == first
+    assert verify(target) is None

@@ -37,25 +37,61 @@ CASES = [
     (["--tracking-uri", "sqlite:///{tmp}/folder"], "is a folder"),
     (["--run-dir", "{tmp}/blocker/run"], "is a file"),
     (["--run-dir", "{tmp}/blocker"], "is a file"),
+    # names are names, never paths (the run and report folders are named after the study)
+    (["--set", "study.name=.."], "'..' is not a plain name"),
+    (["--set", "study.name=a/b"], "'a/b' is not a plain name"),
+    (["--set", "study.name=../../x"], "is not a plain name"),
+    (["--set", "study.name=a b"], "'a b' is not a plain name"),
+    (["--set", "study.name=" + "x" * 300], "(300 characters)' is not a plain name"),
+    (["--set", "study.name=étude"], "'étude' is not a plain name"),
+    # limits that come from the thing itself: the model's depth, numpy's seed range, the setting's domain
+    (["--set", "model.freeze_layers=99"], "model.freeze_layers: 99 is above the 2 layers of tiny-random"),
+    (["--set", "study.tuning_seed=4294967296"], "study.tuning_seed: 4294967296 is above the maximum 4294967295"),
+    (["--set", "study.seeds=[1, 4294967296]"], "study.seeds: 4294967296 is above the maximum"),
+    (["--set", "study.seeds=[1, 1]"], "study.seeds: seed 1 is listed twice"),
+    (["--set", "eval.val_tasks=[]"], "eval.val_tasks: must not be empty"),
+    (["--config", "{tmp}/range.yaml"], "the range 0.0 to 2.0 leaves the setting's own range 0.0 to 1.0"),
+    # files and folders that cannot serve
+    (["--set", "data.cache_dir={tmp}/blocker"], "data.cache_dir: {tmp}/blocker is a file"),
+    (["--set", "study.storage=sqlite:///{tmp}/missing/optuna.db"], "the folder {tmp}/missing does not exist"),
+    (["--tracking-uri", "sqlite:///{tmp}/missing/mlflow.db"], "the folder {tmp}/missing does not exist"),
+    (["--tracking-uri", "sqlite:///{tmp}/junk.db"], "{tmp}/junk.db is not an SQLite database"),
+    (["--run-dir", "{tmp}/junkrun"], "{tmp}/junkrun/optuna.journal: line 1 is not an Optuna journal entry"),
+    (["--config", "{tmp}/dup.yaml"], "key 'study' is given twice (line 3)"),
+    (["--config", "{tmp}/empty.yaml"], "{tmp}/empty.yaml is empty"),
+    (["--config", "{tmp}/binary.yaml"], "{tmp}/binary.yaml is not a text file"),
 ]
 
 
-@pytest.mark.parametrize(("extra", "message"), CASES, ids=[c[1] for c in CASES])
+def _inputs(tmp: Path) -> None:
+    """The broken and blocking files the cases name."""
+    (tmp / "blocker").write_text("a file where a folder should be")
+    (tmp / "folder").mkdir()
+    (tmp / "range.yaml").write_text("study:\n  search_space:\n    negatives.random_rate: {low: 0.0, high: 2.0}\n")
+    (tmp / "dup.yaml").write_text("study:\n  n_trials: 1\nstudy:\n  n_trials: 2\n")
+    (tmp / "empty.yaml").write_text("")
+    (tmp / "binary.yaml").write_bytes(bytes(range(128, 256)) * 4)
+    (tmp / "junk.db").write_bytes(bytes(range(256)) * 64)
+    (tmp / "junkrun").mkdir()
+    (tmp / "junkrun" / "optuna.journal").write_bytes(b"\x93\xffnot json\n" * 8)
+
+
+@pytest.mark.parametrize(("extra", "message"), CASES, ids=[c[1][:60] for c in CASES])
 def test_bad_run_input_stops_before_anything_is_written(
     corpus: Path, tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "blocker").write_text("a file where a folder should be")
-    (tmp_path / "folder").mkdir()
+    _inputs(tmp_path)
     port = free_port()  # nothing listens there
     extra = [a.replace("{tmp}", str(tmp_path)).replace("{port}", str(port)) for a in extra]
+    message = message.replace("{tmp}", str(tmp_path))
     defaults = {"--tracking-uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "--run-dir": str(tmp_path / "run")}
     args = ["run", "--config", str(SMOKE), "--corpus", str(corpus), *[a for s in FIXTURE for a in ("--set", s)]]
     args += [a for k, v in defaults.items() if k not in extra for a in (k, v)] + extra
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no run folder, no journal
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing made, nothing changed
     assert not list((tmp_path / "folder").iterdir())
 
 

@@ -4,17 +4,22 @@ and parameters (and without the dead worker's name)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ablation.study.storage import WorkerFile, fail_stale, retry_stale
-from tests.conftest import REPO
+from ablation.config import load_config
+from ablation.study.runner import run_study
+from ablation.study.storage import JOURNAL, WorkerFile, fail_stale, retry_stale
+from ablation.tracking.store import Tracker
+from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
 HOLD = "import sys, time; from pathlib import Path; from ablation.study.storage import WorkerFile; "
 HOLD += "WorkerFile(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(600)"
@@ -82,3 +87,23 @@ def test_every_database_call_of_optunas_cache_is_retried() -> None:
     called = set(re.findall(r"self\._backend\.([a-z_]+)", Path(cached.__file__).read_text()))
     no_database = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
     assert called - no_database and not [n for n in called - no_database if n not in vars(retrying_rdb_storage())]
+
+
+@pytest.mark.slow
+def test_a_torn_journal_line_is_dropped_with_one_warning_and_the_study_goes_on(
+    smoke_study: SmokeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
+    shutil.copytree(smoke_study.root / "run", tmp_path / "run")
+    journal = tmp_path / "run" / JOURNAL
+    whole = journal.read_bytes()
+    with open(journal, "ab") as f:  # what a kill in the middle of a write, or a full disk, leaves
+        f.write(b'{"op_code": 5, "worker_id": "dead", "trial_id": 3, "par')
+    cfg = load_config(SMOKE, FIXTURE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    summary = run_study(cfg, corpus=str(smoke_study.corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(journal) in warnings[0] and "cut short" in warnings[0]
+    assert journal.read_bytes().startswith(whole) and journal.read_bytes().endswith(b"\n")
+    assert "done" in summary and len(Tracker(uri).search("smoke", {})) == smoke_study.runs_after_first
