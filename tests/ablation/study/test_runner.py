@@ -159,16 +159,50 @@ def test_non_finite_trials_fail_with_a_reason_and_the_study_goes_on(corpus: Path
 
 
 @pytest.mark.slow
-def test_a_study_name_with_a_quote_runs_resumes_and_reports(corpus: Path, tmp_path: Path) -> None:
+def test_a_study_name_with_dots_dashes_and_underscores_runs_resumes_and_reports(corpus: Path, tmp_path: Path) -> None:
     from ablation.report.build import build_report
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = load_config(SMOKE, [*FIXTURE, "study.name=it's smoke", "study.n_trials=1", "study.seeds=[1]"])
-    for _ in range(2):  # the rerun must find every run by its quoted tags, and add none
+    name = "Smoke.v2-a_b"
+    cfg = load_config(SMOKE, [*FIXTURE, f"study.name={name}", "study.n_trials=1", "study.seeds=[1]"])
+    for _ in range(2):  # the rerun must find every run by its tags, and add none
         run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))
-    _check_totals(uri, 1, 1, study="it's smoke")
-    paths = build_report("it's smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
-    assert "Ablation report: it&#39;s smoke" in paths.html.read_text()  # autoescaped
+    _check_totals(uri, 1, 1, study=name)
+    paths = build_report(name, tracking_uri=uri, out_dir=str(tmp_path / "report"))
+    assert f"Ablation report: {name}" in paths.html.read_text()
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_ends_every_open_run_failed_and_prints_one_line(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ablation.cli import main
+    from ablation.study import worker
+
+    real, calls = worker._next, []
+
+    def broken(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # after the first trial: with the study, arm and a trial run written
+            raise RuntimeError("the disk caught fire\nsecond line")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_next", broken)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--config", str(SMOKE), "--corpus", str(corpus), "--tracking-uri", uri, "--no-report"]
+    args += ["--run-dir", str(tmp_path / "run"), *[a for s in FIXTURE for a in ("--set", s)]]
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == ["error: RuntimeError: the disk caught fire (run with --debug for the traceback)"]
+    runs = _runs(uri)
+    assert [r.info.status for r in runs if r.data.tags["role"] == "trial"] == ["FINISHED"]
+    ended = [r for r in runs if r.data.tags["role"] in ("study", "arm")]
+    assert len(ended) == 3 and all(r.info.status == "FAILED" for r in ended)
+    for run in ended:
+        assert run.data.tags["failure"].startswith("RuntimeError: the disk caught fire"), run.info.run_name
+    calls.clear()
+    with pytest.raises(RuntimeError, match="caught fire"):  # --debug: the traceback, for the bug report
+        main(["--debug", *args])
 
 
 @pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 2, 2), (2, 2, 1), (3, 16, 5), (4, 2, 1)])
