@@ -101,6 +101,8 @@ class Tracker:
         processes creating one at once broke it."""
         self.uri = uri
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per run start/stop
+        # a database error is retried, then ends in one error line; MLflow's log would add a traceback each time
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         configure_client_retries()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one progress line per run is ours

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablation.cli import main
+from ablation.tracking.store import Tracker
 from tests.conftest import SMOKE, SmokeStudy
 
 
@@ -63,9 +64,15 @@ def test_python_dash_m_and_console_script(corpus: Path) -> None:
 
 def test_report_of_an_unknown_study_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Bad input to `run` is covered case by case in tests/ablation/study/test_preflight.py."""
-    assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    store = tmp_path / "other.db"
+    assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{store}"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no study named 'nope'" in errors[0]  # MLflow's own INFO lines aside
+    assert errors == [f"error: report: no MLflow store at {store} (run the study first)"]
+    assert not store.exists()  # a report reads a store, it never creates one
+    Tracker(f"sqlite:///{store}").experiment_id("other")
+    assert main(["report", "--study", "nope", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no study named 'nope'" in errors[0]
 
 
 def test_make_help_lists_every_target() -> None:
