@@ -113,35 +113,51 @@ def open_study(
     s = cfg.study
     total = int(s.zero_shot) + len(s.arms) * (s.n_trials + len(s.seeds))
     ctx.progress = Progress(s.objective, total, lambda: ctx.state().runs_done)
-    with ctx.lock() as held:
-        for _, _, queue in ctx.queues():
-            recorded = queue.user_attrs.get(SETTINGS)
-            _check_same(s.name, recorded, settings, "by a process that started at the same time")
-            if recorded is None:
-                held.check()
-                queue.set_user_attr(SETTINGS, settings)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    queue.set_metric_names([s.objective])  # optuna-dashboard names its axis after it
-        held.check()
-        ctx.study_run = tracker.find_or_create_run(experiment, s.name, study_tags)
-        # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
-        # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
-        ctx.arm_runs = {
-            arm: tracker.find_or_create_run(experiment, arm, {"study": s.name, "role": "arm", "arm": arm})
-            for arm in s.arms
-        }
-        for run in (ctx.study_run, *ctx.arm_runs.values()):
-            tracker.resume(run)  # a study interrupted before is RUNNING again
-        if tracker.read_text(ctx.study_run, f"{SETTINGS}.json") is None:
-            tracker.log_text(ctx.study_run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
-        note = f"Study {s.name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
-        note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
-        tags = {"git_commit": git_commit(), "corpus_digest": data.digest, NOTE_TAG: note, **package_versions()}
-        tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
-        for arm, run in ctx.arm_runs.items():
-            tracker.set_tags(run, {NOTE_TAG: describe("arm", arm)})
+    try:
+        with ctx.lock() as held:
+            for _, _, queue in ctx.queues():
+                recorded = queue.user_attrs.get(SETTINGS)
+                _check_same(s.name, recorded, settings, "by a process that started at the same time")
+                if recorded is None:
+                    held.check()
+                    queue.set_user_attr(SETTINGS, settings)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        queue.set_metric_names([s.objective])  # optuna-dashboard names its axis after it
+            held.check()
+            ctx.study_run = tracker.find_or_create_run(experiment, s.name, study_tags)
+            _set_up_runs(ctx, settings)
+    except BaseException as exc:  # once the study run exists, end what exists, as run_study would
+        if ctx.study_run:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            _end_runs(ctx, "KILLED" if interrupted else "FAILED", "interrupted" if interrupted else _why(exc))
+        ctx.close()
+        raise
     return ctx
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _set_up_runs(ctx: StudyContext, settings: dict) -> None:
+    """The arm runs, every run RUNNING again on a resume, the settings record and this start's tags."""
+    tracker, s = ctx.tracker, ctx.cfg.study
+    # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
+    # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
+    for arm in s.arms:
+        tags = {"study": s.name, "role": "arm", "arm": arm}
+        ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, arm, tags)
+    for run in (ctx.study_run, *ctx.arm_runs.values()):
+        tracker.resume(run)  # a study interrupted before is RUNNING again
+    if tracker.read_text(ctx.study_run, f"{SETTINGS}.json") is None:
+        tracker.log_text(ctx.study_run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
+    note = f"Study {s.name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
+    note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
+    tags = {"git_commit": git_commit(), "corpus_digest": ctx.data.digest, NOTE_TAG: note, **package_versions()}
+    tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
+    for arm, run in ctx.arm_runs.items():
+        tracker.set_tags(run, {NOTE_TAG: describe("arm", arm)})
 
 
 def _die_with_parent() -> None:
@@ -249,7 +265,7 @@ def run_study(
     except StudyIncomplete:
         raise
     except BaseException as exc:
-        _end_runs(ctx, "FAILED", f"{type(exc).__name__}: {exc}")
+        _end_runs(ctx, "FAILED", _why(exc))
         raise
     finally:
         ctx.close()

@@ -210,14 +210,37 @@ def test_workers_die_with_their_parent(corpus: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_ends_its_runs_killed(corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_one_process_ends_its_runs_killed(corpus: Path, tmp_path: Path, signum: str) -> None:
     import signal
 
+    sig = getattr(signal, signum)
     proc, uri = _start_two_workers(corpus, tmp_path, workers=1)
     _wait_for_trials(proc, uri, n=1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     statuses = _statuses(uri)
     assert statuses["trial"] == ["KILLED"] and statuses["study"] == ["KILLED"], statuses
     assert statuses["arm"] == ["KILLED", "KILLED"] and "Traceback" not in err, (statuses, err[-2000:])
+
+
+def test_an_immutable_journal_is_refused_before_anything_is_written(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """chattr +i: even root cannot append (what Optuna does first), so access(2) alone would not tell."""
+    journal = tmp_path / "run" / "optuna.journal"
+    journal.parent.mkdir()
+    journal.write_text("")
+    if subprocess.run(["chattr", "+i", str(journal)], capture_output=True).returncode:
+        pytest.skip("this file system has no immutable attribute (chattr +i failed)")
+    try:
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        args = ["run", "--config", str(SMOKE), "--corpus", str(corpus), "--run-dir", str(journal.parent)]
+        args += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *[a for s in FIXTURE for a in ("--set", s)]]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: study storage {journal}: cannot be written (Operation not permitted)"
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    finally:
+        subprocess.run(["chattr", "-i", str(journal)], check=True)

@@ -209,3 +209,20 @@ def test_an_unexpected_error_ends_every_open_run_failed_and_prints_one_line(
 def test_workers_split_the_cores_without_oversubscribing(workers: int, cores: int, threads: int) -> None:
     assert threads_per_worker(workers, cores) == threads
     assert threads_per_worker(workers, cores) * workers <= max(cores, workers)
+
+
+def test_an_error_while_setting_up_the_runs_ends_those_that_exist(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ablation.study import runner
+
+    def broken() -> dict[str, str]:
+        raise RuntimeError("no versions today")
+
+    monkeypatch.setattr(runner, "package_versions", broken)  # after the study and arm runs were made
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError, match="no versions today"):
+        run_study(load_config(SMOKE, FIXTURE), corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))
+    runs = _runs(uri)
+    assert sorted(r.data.tags["role"] for r in runs) == ["arm", "arm", "study"]
+    assert all(r.info.status == "FAILED" and "no versions today" in r.data.tags["failure"] for r in runs)
