@@ -95,7 +95,7 @@ class TrainConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     warmup_steps: Annotated[StrictInt, Field(ge=0)] = 0
     grad_clip: Annotated[float, Field(ge=0.0)] | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; applies on CUDA only
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast: bf16 on CUDA or a CPU with AVX-512 BF16/AMX
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_train_queries: Annotated[StrictInt, Field(ge=1)] | None = None
     grad_cosine_every: Annotated[StrictInt, Field(ge=0)] = 10  # 0: never

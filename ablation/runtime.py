@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,11 +60,53 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU features that compute bf16 natively; without them oneDNN emulates bf16, slower than fp32."""
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of CPU_BF16_FLAGS this CPU has (from /proc/cpuinfo; none where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    words = set(cpuinfo.split())
+    return [f for f in CPU_BF16_FLAGS if f in words]
+
+
+def check_precision(device: torch.device, precision: str, cpuinfo: str | None = None) -> None:
+    """A precision the device runs fast: bf16 on a CPU only with AVX-512 BF16 or AMX (never a silent
+    slowdown), fp16 only on CUDA."""
+    if device.type != "cpu" or precision == "fp32":
+        return
+    if precision == "fp16":
+        raise UserError("config: train.precision: fp16 autocast is for CUDA; on a CPU use bf16 or fp32")
+    if not cpu_bf16_flags(cpuinfo):
+        raise UserError(
+            "config: train.precision: bf16 on this CPU would be emulated, slower than fp32 (it has neither "
+            "AVX-512 BF16 nor AMX); use fp32, or a CUDA device"
+        )
+
+
+def describe_precision(device: torch.device, precision: str) -> str:
+    """The precision a run used, for its tags and the report."""
+    if precision == "fp32":
+        return "fp32"
+    where = "CUDA" if device.type == "cuda" else f"CPU, {' + '.join(cpu_bf16_flags()) or 'emulated'}"
+    return f"{precision} autocast ({where})"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA; a no-op on CPU or for fp32 (CPU runs stay exact and deterministic)."""
-    if device.type != "cuda" or precision == "fp32":
+    """bf16/fp16 autocast on CUDA, bf16 autocast on a CPU (`check_precision` says where it is fast); a no-op
+    for fp32."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Interrupts:

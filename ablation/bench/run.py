@@ -18,6 +18,7 @@ from ablation.bench.measures import (
     step_overhead,
     study_wall_times,
 )
+from ablation.bench.precision import cpu_bf16_speedup
 from ablation.bench.processes import peak_memory, worker_threads
 from ablation.bench.table import readable_table
 from ablation.config import load_config, replace_path
@@ -39,6 +40,7 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
         lambda: evaluation_speedup(cfg, data, full_test, 1 if quick else 5),
         lambda: refresh_share(cfg, data),
         lambda: prefix_cache_speedup(cfg, data, 1 if quick else 2),
+        lambda: cpu_bf16_speedup(cfg, data, 6 if quick else 24, trial=not quick),
         lambda: neighbour_index(),
         lambda: worker_threads(corpus, steps=8 if quick else 24, rounds=1 if quick else 2),
         lambda: padding_throughput(

@@ -11,6 +11,7 @@ GOALS: dict[str, str] = {
     "P4": "length-bucketed padding encodes at least 1.3x the tokens/s of padding to max_length",
     "P5": "the smoke study takes at most 90 s, the quick study at most 15 min",
     "P6": "peak memory of one quick run per arm (reported, no goal)",
+    "P8": "bf16 under CPU autocast: a quick step at least 1.6x faster than fp32 on CPUs with AVX-512 BF16 or AMX",
     "P7": "the frozen-prefix cache: a quick trial at least 2x faster, encoding the test split at least 2.5x, "
     "checking its digests at most 2% of a trial",
     "threads": "workers that split the cores between them (the runner's default) vs each using every core",
@@ -100,6 +101,22 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"{r['trial_speedup']:.2f}× / {r['encode_test_speedup']:.2f}× / "
             f"{100 * r.get('verify_share_of_trial', float('nan')):.1f} %",
             f"≥ 2× / ≥ 2.5× / ≤ 2 %: {'yes' if r['met'] else 'no'}",
+        )
+    if rid == "P8" and "skipped" in r:
+        return (rid, f"bf16 under CPU autocast: {r['skipped']}", "—", "n/a")
+    if rid == "P8":
+        trial = (
+            f"; a quick trial's {r['val_acc_fp32']:.4f} (fp32) vs {r['val_acc_bf16']:.4f} (bf16) validation "
+            f"acc@1, Δ {r['val_acc_diff']:+.4f}"
+            if "val_acc_diff" in r
+            else ""
+        )
+        return (
+            rid,
+            f"bf16 under CPU autocast ({' + '.join(r['cpu_bf16_flags'])}): quick step {r['fp32_step_s']:.3f} s "
+            f"fp32 vs {r['bf16_step_s']:.3f} s bf16 (median of {r['steps']} interleaved){trial}",
+            f"{r['ratio']:.2f}×",
+            f"≥ 1.6×: {'yes' if r['met'] else 'no'}",
         )
     if rid == "tests":
         return (rid, f"tests marked `device` on {r['device']}: {r['summary']}", f"{r['seconds']:.0f} s", _yes(r))

@@ -84,6 +84,8 @@ def _header(runs: StudyRuns, arms: list[str]) -> Section:
     cfg = runs.config
     first = finals.iloc[0] if not finals.empty else (runs.runs.iloc[0] if not runs.runs.empty else None)
     device = first.get("tags.device", "unknown") if first is not None else "unknown"
+    precision = first.get("tags.precision") if first is not None else None
+    device += f", {precision}" if isinstance(precision, str) else ""
     model = (cfg.get("model") or {}).get("name", "unknown")
     versions = ", ".join(
         f"{k.removeprefix('version.')} {v}" for k, v in sorted(tags.items()) if k.startswith("version.")

@@ -12,7 +12,7 @@ from pathlib import Path
 from ablation.config import ExperimentConfig
 from ablation.encoders import check as check_model
 from ablation.errors import UserError
-from ablation.runtime import resolve_device
+from ablation.runtime import check_precision, resolve_device
 from ablation.study.storage import JOURNAL, check_journal
 from ablation.tracking import sqlite_store
 
@@ -121,7 +121,7 @@ def check_storage(url: str | None) -> None:
 
 def preflight(cfg: ExperimentConfig, tracking_uri: str, run_dir: Path) -> None:
     """Everything a study needs, checked before it writes: device, run folder, tracking store, storage."""
-    resolve_device(cfg.train.device)
+    check_precision(resolve_device(cfg.train.device), cfg.train.precision)
     check_model(cfg.model)
     check_cache_dir(cfg)
     check_run_folder(run_dir)

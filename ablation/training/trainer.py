@@ -28,7 +28,15 @@ from ablation.data.run_data import RunData
 from ablation.data.tasks import TASKS
 from ablation.evaluation.trained import SideTexts, TrainedEvaluator, encode_sides, token_texts
 from ablation.io import REPO_ROOT
-from ablation.runtime import autocast, describe_device, deterministic, resolve_device, seed_everything
+from ablation.runtime import (
+    autocast,
+    check_precision,
+    describe_device,
+    describe_precision,
+    deterministic,
+    resolve_device,
+    seed_everything,
+)
 from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from ablation.training.negatives import Forbidden, mine, random_rates
 from ablation.training.recorder import Recorder
@@ -112,6 +120,7 @@ class Trainer:
         self.data = data
         self.on_epoch = on_epoch
         self.device = resolve_device(cfg.train.device)
+        check_precision(self.device, cfg.train.precision)  # `ablation train` and tests come here directly
         deterministic(self.device)
         seed_everything(cfg.seed)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
@@ -153,7 +162,8 @@ class Trainer:
         self.result.sums = checksums(self.model)
         sizes = {f"data.{name}_queries": getattr(data, name).split.n for name in ("train", "val", "test")}
         recorder.log_params({**flatten(cfg), **sizes, "data.corpus_path": data.corpus})
-        recorder.set_tags({**self.result.sums, "device": describe_device(self.device)})
+        precision = describe_precision(self.device, self.cfg.train.precision)
+        recorder.set_tags({**self.result.sums, "device": describe_device(self.device), "precision": precision})
         recorder.log_metrics(dict(self.result.counts), step=0)
         recorder.log_text(dump_yaml(cfg), "config.yaml")
 

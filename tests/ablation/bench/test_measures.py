@@ -38,8 +38,25 @@ def test_step_overhead_runs_as_many_steps_as_asked_across_epochs(corpus: Path) -
 def test_every_measure_names_a_defined_goal(corpus: Path) -> None:
     import inspect
 
-    from ablation.bench import gpu_check, measures, processes
+    from ablation.bench import gpu_check, measures, precision, processes
 
-    source = "".join(inspect.getsource(m) for m in (measures, processes, gpu_check))
+    source = "".join(inspect.getsource(m) for m in (measures, processes, gpu_check, precision))
     ids = {part.split('"')[0] for part in source.split('"id": "')[1:]}
     assert ids and ids <= set(GOALS), ids - set(GOALS)
+
+
+def test_the_bf16_row_compares_both_precisions_on_the_same_steps_or_says_why_not(corpus: Path) -> None:
+    from ablation.bench.precision import cpu_bf16_speedup
+    from ablation.runtime import cpu_bf16_flags
+
+    cfg = smoke_config()
+    result = cpu_bf16_speedup(cfg, load_run_data(cfg, str(corpus)), steps=3, trial=True)
+    table = readable_table([result])
+    if not cpu_bf16_flags():
+        assert "skipped" in result and "neither AVX-512 BF16 nor AMX" in table
+        return
+    assert result["steps"] == 3 and result["fp32_step_s"] > 0 and result["bf16_step_s"] > 0
+    assert result["ratio"] > 0 and result["met"] == (result["ratio"] >= 1.6)
+    diff = result["val_acc_bf16"] - result["val_acc_fp32"]
+    assert 0 <= result["val_acc_fp32"] <= 1 and result["val_acc_diff"] == diff
+    assert "| P8 |" in table and "fp32 vs" in table

@@ -184,3 +184,20 @@ def test_clipping_is_recorded_per_step_and_as_a_share(data: RunData) -> None:
     assert shares[-1] == sum(flags) / len(flags) and shares[-1] > 0
     _, unclipped = _fit(smoke_config(), data)
     assert not unclipped.history("grad/clipped")  # no threshold: nothing is recorded as clipped
+
+
+def test_bf16_trains_under_cpu_autocast_where_the_cpu_has_it(data: RunData) -> None:
+    from ablation.errors import UserError
+    from ablation.runtime import cpu_bf16_flags
+
+    cfg = smoke_config(**{"train.precision": "bf16", "train.device": "cpu"})
+    if not cpu_bf16_flags():  # detected, never assumed: elsewhere the run is refused with the reason
+        with pytest.raises(UserError, match="neither AVX-512 BF16 nor AMX"):
+            _fit(cfg, data)
+        return
+    trainer, rec = _fit(cfg, data)
+    fp32, _ = _fit(smoke_config(**{"train.device": "cpu"}), data)
+    assert np.isfinite(trainer.result.losses).all()
+    assert trainer.result.losses != fp32.result.losses  # it did compute in bf16
+    assert trainer.result.losses[0] == pytest.approx(fp32.result.losses[0], rel=0.05)  # and the same thing
+    assert rec.tags["precision"].startswith("bf16 autocast (CPU, ")
