@@ -51,10 +51,12 @@ def cpu_bf16_speedup(cfg: ExperimentConfig, data: RunData, steps: int, trial: bo
         "torch_threads": torch.get_num_threads(),
     }
     if trial:
-        acc = {}
+        acc, mrr = {}, {}
         for precision in ("fp32", "bf16"):
             t = Trainer(replace_path(cpu, "train.precision", precision), data, run_test=False)
             t.fit(MemoryRecorder())
             acc[precision] = t.result.val_history[-1][cfg.study.objective]
+            mrr[precision] = t.result.val_history[-1]["val/retrieval/mrr/mean"]  # finer-grained than acc@1
         row |= {"val_acc_fp32": acc["fp32"], "val_acc_bf16": acc["bf16"], "val_acc_diff": acc["bf16"] - acc["fp32"]}
+        row |= {"val_mrr_fp32": mrr["fp32"], "val_mrr_bf16": mrr["bf16"]}
     return row

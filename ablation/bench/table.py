@@ -107,7 +107,8 @@ def _row(r: dict) -> tuple[str, str, str, str]:
     if rid == "P8":
         trial = (
             f"; a quick trial's {r['val_acc_fp32']:.4f} (fp32) vs {r['val_acc_bf16']:.4f} (bf16) validation "
-            f"acc@1, Δ {r['val_acc_diff']:+.4f}"
+            f"acc@1, Δ {r['val_acc_diff']:+.4f} (MRR {r.get('val_mrr_fp32', float('nan')):.4f} vs "
+            f"{r.get('val_mrr_bf16', float('nan')):.4f})"
             if "val_acc_diff" in r
             else ""
         )
