@@ -166,12 +166,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ablation.config import check_name
     from ablation.report.build import build_report
+    from ablation.tracking import sqlite_store
     from ablation.tracking.store import resolve_tracking_uri
 
     check_name(args.study, "report: --study")
     uri = resolve_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"report: no MLflow store at {uri.removeprefix('sqlite:///')} (run the study first)")
+    absent = sqlite_store.missing(uri)
+    if absent:
+        raise UserError(f"report: no MLflow store at {absent} (run the study first)")
 
     paths = build_report(args.study, tracking_uri=uri, out_dir=args.out)
     print(f"report written: {paths.html}")

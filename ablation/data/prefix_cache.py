@@ -59,9 +59,8 @@ def _parts(path: Path) -> tuple[Path, Path]:
     return path.with_suffix(".offsets.npy"), path.with_suffix(".sha256.json")
 
 
-def _sums(path: Path) -> dict[str, str]:
-    offsets, _ = _parts(path)
-    return {"vectors": file_sha256(path), "offsets": file_sha256(offsets)}
+def _sums(vectors: Path, offsets: Path) -> dict[str, str]:
+    return {"vectors": file_sha256(vectors), "offsets": file_sha256(offsets)}
 
 
 def verify(path: Path) -> str | None:
@@ -74,7 +73,7 @@ def verify(path: Path) -> str | None:
         recorded = json.loads(sums.read_text())
     except ValueError:
         return f"{sums.name} unreadable"
-    return None if _sums(path) == recorded else "contents differ from their recorded digest"
+    return None if _sums(path, offsets) == recorded else "contents differ from their recorded digest"
 
 
 @dataclass(frozen=True)
@@ -135,8 +134,7 @@ class PrefixStore:
             out.flush()
             del out
             np.save(offsets_path, offsets)
-            sums = {"vectors": file_sha256(tmp), "offsets": file_sha256(offsets_path)}
-            _parts(path)[1].write_text(json.dumps(sums))
+            _parts(path)[1].write_text(json.dumps(_sums(tmp, offsets_path)))
             os.replace(tmp, path)  # last: the store exists only once complete
         finally:
             tmp.unlink(missing_ok=True)

@@ -85,6 +85,15 @@ def create_store(db: Path, lock_timeout_s: float = 600) -> None:
                 q.setLevel(level)
 
 
+def missing(uri: str) -> Path | None:
+    """The file a `sqlite:///` URI names, where it does not exist yet (else None: it exists, or the URI
+    names no sqlite file)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return None if db.is_file() else db
+
+
 def prepare(uri: str, what: str = "tracking URI") -> None:
     """For a `sqlite:///` URI: check the file and create the store if missing, printing any repair."""
     if not uri.startswith("sqlite:///"):

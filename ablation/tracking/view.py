@@ -11,9 +11,9 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from ablation.tracking import sqlite_store
 from ablation.tracking.store import Tracker, quote
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
@@ -110,7 +110,7 @@ def study_link(tracking_uri: str, study: str, base_url: str) -> str:
     runs page, else the experiment list. Nothing is created in a store that does not exist yet."""
     base = base_url.rstrip("/")
     fallback = f"{base}/#/experiments?workflowType=machine_learning"  # MLflow 3 opens on GenAI without it
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    if sqlite_store.missing(tracking_uri):
         return fallback
     tracker = Tracker(tracking_uri)
     found = tracker.search(None, {"study": study, "role": "study"}, limit=1)
