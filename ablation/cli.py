@@ -142,17 +142,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.report.build import build_report
     from ablation.runtime import INTERRUPTS
     from ablation.study.runner import StudyIncomplete, run_study
+    from ablation.study.sweep_run import run_sweep
     from ablation.tracking.store import resolve_tracking_uri
 
     cfg = load_config(args.config, args.set or [])
     INTERRUPTS.install()  # SIGINT, SIGTERM and SIGHUP end the open runs KILLED
     code = 0
+    run = run_sweep if cfg.study.sweep else run_study
     try:
-        print(
-            run_study(
-                cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers
-            )
-        )
+        print(run(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers))
     except StudyIncomplete as exc:  # not bad input: the work stopped short; the report says what is missing
         print(f"error: {exc}", file=sys.stderr)
         code = 1

@@ -173,6 +173,10 @@ class StudyConfig(_Section):
     # with a PostgreSQL storage: a worker without a heartbeat for this long is dead and its work is redone
     lease_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     zero_shot: StrictBool = True
+    # an axis: setting → its levels (two settings at most, varied together); each level is a sub-study
+    sweep: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    level: str = ""  # set by the sweep on each of its sub-studies: "<setting>=<value>"
+    parent: str = ""  # set by the sweep on each of its sub-studies: the sweep's study name
 
 
 class ExperimentConfig(_Section):
@@ -205,10 +209,34 @@ class ExperimentConfig(_Section):
                     f"study.search_space.{key}: the range {param.low} to {param.high} leaves the setting's own "
                     f"range {low} to {high}"
                 )
+        _check_sweep(self.study.sweep)
         seen = [s for i, s in enumerate(self.study.seeds) if s in self.study.seeds[:i]]
         if seen:
             raise ValueError(f"study.seeds: seed {seen[0]} is listed twice (each seed is one final run per arm)")
         return self
+
+
+def _is_leaf(dotted: str) -> bool:
+    t = _setting_type(dotted)
+    return t is not None and not (isinstance(t, type) and issubclass(t, BaseModel)) and typing.get_origin(t) is not dict
+
+
+def _check_sweep(sweep: dict[str, tuple[Any, ...]]) -> None:
+    """The axis names one or two settings outside `study` and `seed`, each with the same number (≥ 2) of
+    distinct levels; whether each value suits its setting is checked when the levels are built."""
+    if not sweep:
+        return
+    if len(sweep) > 2:
+        raise ValueError(f"study.sweep: at most 2 settings, varied together; got {len(sweep)}")
+    for key, levels in sweep.items():
+        if key.startswith("study.") or key == "seed" or key in PER_MACHINE or not _is_leaf(key):
+            raise ValueError(f"study.sweep: {key!r} is not a setting a sweep can vary")
+        if len(levels) < 2:
+            raise ValueError(f"study.sweep.{key}: a sweep needs at least 2 levels")
+        if len(set(map(repr, levels))) != len(levels):
+            raise ValueError(f"study.sweep.{key}: a level is listed twice")
+    if len({len(v) for v in sweep.values()}) > 1:
+        raise ValueError("study.sweep: the settings must list the same number of levels (they vary together)")
 
 
 PER_MACHINE = (

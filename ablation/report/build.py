@@ -165,13 +165,23 @@ def _missing(runs: StudyRuns, arms: list[str], seeds: list) -> list[str]:
 
 
 def build_report(
-    study: str, tracking_uri: str | None = None, out_dir: str | None = None, experiment: str | None = None
+    study: str,
+    tracking_uri: str | None = None,
+    out_dir: str | None = None,
+    experiment: str | None = None,
+    zero_shot_from: str | None = None,
 ) -> ReportPaths:
-    """Read study `study` from MLflow and write report.html, report.md, figures and summary.csv."""
+    """Read study `study` from MLflow and write report.html, report.md, figures and summary.csv (a sweep:
+    its own report across levels, and one per level beneath it). `zero_shot_from`: the study whose zero-shot
+    run is the reference (a sweep's level without its own)."""
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    runs = read_study(study, uri, experiment)
+    from ablation.report.sweep import build_sweep_report, find_sweep
+
+    if find_sweep(study, uri, experiment) is not None:
+        return build_sweep_report(study, uri, out_dir, experiment)
+    runs = read_study(study, uri, experiment, zero_shot_from)
     cfg_study = runs.config.get("study") or {}
     arms = list(cfg_study.get("arms") or runs.runs[runs.runs["role"] == "arm"]["arm"].dropna().unique())
     seeds = list(cfg_study.get("seeds") or [])

@@ -86,10 +86,15 @@ def _frame(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_study(name: str, tracking_uri: str, experiment: str | None = None) -> StudyRuns:
-    """All runs of study `name` (searched in `experiment`, else in every experiment of the store)."""
+def read_study(
+    name: str, tracking_uri: str, experiment: str | None = None, zero_shot_from: str | None = None
+) -> StudyRuns:
+    """All runs of study `name` (searched in `experiment`, else in every experiment of the store); with
+    `zero_shot_from`, the zero-shot reference is that study's (a sweep's levels share one)."""
     tracker = Tracker(tracking_uri)
     runs = tracker.search(experiment, {"study": name})
+    if zero_shot_from and zero_shot_from != name:
+        runs += tracker.search(experiment, {"study": zero_shot_from, "role": "zero-shot"})
     study = [r for r in runs if r.data.tags.get("role") == "study"]
     if not study:
         raise UserError(f"report: no study named {name!r} in {tracking_uri} (run `ablation run` first)")

@@ -116,11 +116,11 @@ def param_table(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _per_query(runs: StudyRuns, arm: str) -> dict[str, pd.DataFrame]:
+def arm_per_query(runs: StudyRuns, arm: str) -> dict[str, pd.DataFrame]:
     return {seed: frame for (a, seed), frame in sorted(runs.per_query.items()) if a == arm}
 
 
-def _row(c: Comparison, **keys: object) -> dict:
+def comparison_row(c: Comparison, **keys: object) -> dict:
     return {
         **keys,
         "diff": c.diff,
@@ -134,7 +134,7 @@ def _row(c: Comparison, **keys: object) -> dict:
     }
 
 
-def _adjust(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
+def adjust_families(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
     """Holm-adjusted p within each family of rows, the interval that agrees with it (`ci_low`, `ci_high`;
     the unadjusted 95 % one moves to `ci_low_raw`, `ci_high_raw`), and `significant` after it (3+ seeds
     only: with fewer, `call` says that no call is made)."""
@@ -186,9 +186,9 @@ def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
     p-values are Holm-adjusted over the 8 tasks of one (arm, slice, mode); the means over tasks of all
     queries and of the unseen slice, in both modes (the headline), over those 4 per arm."""
     reference, rows = arms[0], []
-    ref = _per_query(runs, reference)
+    ref = arm_per_query(runs, reference)
     for arm in arms[1:]:
-        mine = _per_query(runs, arm)
+        mine = arm_per_query(runs, arm)
         if not mine or not ref:
             continue
         for slice_ in SLICES:
@@ -200,7 +200,7 @@ def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
                     c = compare(correctness(ref, key, mode, slice_), correctness(mine, key, mode, slice_))
                     if c.n_queries:
                         rows.append(
-                            _row(
+                            comparison_row(
                                 c,
                                 arm=arm,
                                 reference=reference,
@@ -212,16 +212,16 @@ def comparisons(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
                         )
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    return _adjust(pd.DataFrame(rows), ["arm", "family"])[COMPARISON_COLUMNS]
+    return adjust_families(pd.DataFrame(rows), ["arm", "family"])[COMPARISON_COLUMNS]
 
 
 def against_zero_shot(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
     """Each arm's mean retrieval acc@1 over the tasks against the untrained encoder (a fixed reference),
     on all queries and the unseen slice; Holm-adjusted over all these rows."""
-    zero = _per_query(runs, "zero-shot")
+    zero = arm_per_query(runs, "zero-shot")
     rows = []
     for arm in arms:
-        mine = _per_query(runs, arm)
+        mine = arm_per_query(runs, arm)
         if not zero or not mine:
             continue
         for slice_ in ("all", "unseen"):
@@ -232,7 +232,7 @@ def against_zero_shot(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
             )
             if c.n_queries:
                 rows.append(
-                    _row(
+                    comparison_row(
                         c,
                         arm=arm,
                         reference="zero-shot",
@@ -244,4 +244,4 @@ def against_zero_shot(runs: StudyRuns, arms: list[str]) -> pd.DataFrame:
                 )
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    return _adjust(pd.DataFrame(rows), ["family"])[COMPARISON_COLUMNS]
+    return adjust_families(pd.DataFrame(rows), ["family"])[COMPARISON_COLUMNS]

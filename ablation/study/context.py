@@ -70,6 +70,12 @@ class StudyContext:
             self.storage = open_storage(s.storage, self.run_dir, s.lease_s, self.on_stale)
         self.heartbeats = heartbeats(self.storage)
 
+    @property
+    def level_tags(self) -> dict[str, str]:
+        """The tags that place every run of a sweep's sub-study: the sweep and the level (none otherwise)."""
+        s = self.cfg.study
+        return {"sweep": s.parent, "level": s.level} if s.parent else {}
+
     def queue(self, kind: str, arm: str = "") -> optuna.Study:
         """One queue, created if missing (under the study lock: a database storage makes its tables then)."""
         name = queue_name(self.cfg.study.name, kind, arm)

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ablation.study.context import StudyContext, check_objective, queue_name
 from ablation.study.preflight import preflight
 from ablation.study.progress import Progress
 from ablation.study.storage import is_postgres
+from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
 from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
 from ablation.study.worker import best_params, work
@@ -80,7 +82,7 @@ def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
+def check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
     if recorded is None or recorded == settings:
         return
     diff = "; ".join(differences(recorded, settings))
@@ -90,10 +92,22 @@ def _check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, 
     )
 
 
-def open_study(
-    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None
-) -> StudyContext:
-    """Check, then set up (or join) the study; see the module's docstring."""
+@dataclass(frozen=True)
+class Checked:
+    """A study that passed every check before its first write."""
+
+    cfg: ExperimentConfig
+    uri: str
+    folder: Path
+    data: RunData
+    settings: dict[str, Any]
+    tracker: Tracker
+    experiment: str
+
+
+def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None) -> Checked:
+    """Every check of a study that writes nothing: config, device, folders, stores, corpus, model,
+    objective, and the settings it was started with (in Optuna and in MLflow)."""
     check_objective(cfg)
     os.environ[RETRY_ENV] = str(cfg.tracking.retry_s)
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
@@ -103,21 +117,31 @@ def open_study(
     settings = _settings(cfg, data)
     tracker = Tracker(uri)
     experiment = cfg.tracking.experiment or cfg.study.name
-    _check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
+    check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
     study_tags = {"study": cfg.study.name, "role": "study"}
     for run in tracker.search(experiment, study_tags, limit=1):
         text = tracker.read_text(run.info.run_id, f"{SETTINGS}.json")
-        _check_same(cfg.study.name, json.loads(text) if text else None, settings, f"in MLflow at {uri}")
+        check_same(cfg.study.name, json.loads(text) if text else None, settings, f"in MLflow at {uri}")
+    return Checked(cfg, uri, folder, data, settings, tracker, experiment)
+
+
+def open_study(
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None
+) -> StudyContext:
+    """Check, then set up (or join) the study; see the module's docstring."""
+    c = check_study(cfg, corpus, tracking_uri, run_dir)
+    folder, data, settings, tracker, experiment = c.folder, c.data, c.settings, c.tracker, c.experiment
     folder.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(cfg, data, tracker, experiment, folder)
     s = cfg.study
+    study_tags = {"study": s.name, "role": "study"}
     total = int(s.zero_shot) + len(s.arms) * (s.n_trials + len(s.seeds))
     ctx.progress = Progress(s.objective, total, lambda: ctx.state().runs_done)
     try:
         with ctx.lock() as held:
             for _, _, queue in ctx.queues():
                 recorded = queue.user_attrs.get(SETTINGS)
-                _check_same(s.name, recorded, settings, "by a process that started at the same time")
+                check_same(s.name, recorded, settings, "by a process that started at the same time")
                 if recorded is None:
                     held.check()
                     queue.set_user_attr(SETTINGS, settings)
@@ -125,7 +149,8 @@ def open_study(
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         queue.set_metric_names([s.objective])  # optuna-dashboard names its axis after it
             held.check()
-            ctx.study_run = tracker.find_or_create_run(experiment, s.name, study_tags)
+            sweep_run = _sweep_run(ctx) if s.parent else None
+            ctx.study_run = tracker.find_or_create_run(experiment, s.name, study_tags, sweep_run)
             _set_up_runs(ctx, settings)
     except BaseException as exc:  # once the study run exists, end what exists, as run_study would
         if ctx.study_run:
@@ -134,6 +159,12 @@ def open_study(
         ctx.close()
         raise
     return ctx
+
+
+def _sweep_run(ctx: StudyContext) -> str:
+    """The run of the sweep this sub-study is a level of (made by whichever process gets here first)."""
+    name = ctx.cfg.study.parent
+    return ctx.tracker.find_or_create_run(ctx.experiment, name, {"study": name, "role": SWEEP_ROLE})
 
 
 def _why(exc: BaseException) -> str:
@@ -145,19 +176,26 @@ def _set_up_runs(ctx: StudyContext, settings: dict) -> None:
     tracker, s = ctx.tracker, ctx.cfg.study
     # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
     # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
+    # (a sweep's levels nest instead: sweep run > level's study run > its arms, which the UI expands)
     for arm in s.arms:
         tags = {"study": s.name, "role": "arm", "arm": arm}
-        ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, arm, tags)
+        parent = ctx.study_run if s.parent else None
+        ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, arm, tags, parent)
     for run in (ctx.study_run, *ctx.arm_runs.values()):
         tracker.resume(run)  # a study interrupted before is RUNNING again
     if tracker.read_text(ctx.study_run, f"{SETTINGS}.json") is None:
         tracker.log_text(ctx.study_run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
     note = f"Study {s.name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
     note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
+    note += f" Level {s.level} of the sweep {s.parent}." if s.parent else ""
     tags = {"git_commit": git_commit(), "corpus_digest": ctx.data.digest, NOTE_TAG: note, **package_versions()}
     tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
     for arm, run in ctx.arm_runs.items():
         tracker.set_tags(run, {NOTE_TAG: describe("arm", arm)})
+    if ctx.level_tags:
+        for run in (ctx.study_run, *ctx.arm_runs.values()):
+            tracker.set_tags(run, ctx.level_tags)
+            tracker.log_params(run, {"study.level": s.level})
 
 
 def _die_with_parent() -> None:
@@ -273,15 +311,20 @@ def run_study(
 
 
 def _end_runs(ctx: StudyContext, status: str, reason: str) -> None:
-    """End the study and arm runs (a rerun resumes them). With a shared PostgreSQL storage other machines
-    may still work on the study, so its runs stay as they are."""
-    if is_postgres(ctx.cfg.study.storage):
+    """End the study and arm runs (a rerun resumes them)."""
+    end_runs(ctx.cfg, ctx.tracker, [ctx.study_run, *ctx.arm_runs.values()], status, reason)
+
+
+def end_runs(cfg: ExperimentConfig, tracker: Tracker, runs: list[str], status: str, reason: str) -> None:
+    """End `runs` with `status` (FAILED ones tagged with the reason). With a shared PostgreSQL storage other
+    machines may still work on the study, so its runs stay as they are."""
+    if is_postgres(cfg.study.storage):
         return
-    for run in (ctx.study_run, *ctx.arm_runs.values()):
+    for run in runs:
         try:
             if status == "FAILED":
-                ctx.tracker.set_tags(run, {"failure": reason[:5000]})
-            ctx.tracker.terminate(run, status)
+                tracker.set_tags(run, {"failure": reason[:5000]})
+            tracker.terminate(run, status)
         except Exception as exc:  # the store itself may be what failed: say so, keep the first error
             print(f"warning: could not end run {run} {status}: {exc}", file=sys.stderr)
 

@@ -149,7 +149,13 @@ def _tell(queue: optuna.Study, trial: optuna.Trial, value: float | None = None, 
 
 
 def _item_tags(ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial) -> dict[str, str]:
-    return {**ctx.me, "study": ctx.cfg.study.name, "optuna_study": queue.study_name, "optuna_trial": str(trial.number)}
+    return {
+        **ctx.me,
+        **ctx.level_tags,
+        "study": ctx.cfg.study.name,
+        "optuna_study": queue.study_name,
+        "optuna_trial": str(trial.number),
+    }
 
 
 def _train(
@@ -227,6 +233,8 @@ def _zero_shot(
     model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
     on_create = lambda run_id: trial.set_user_attr("mlflow_run_id", run_id)  # noqa: E731
     with ctx.tracker.run(ctx.experiment, "zero-shot", tags, guard=lease.guard, on_create=on_create) as rec:
+        if ctx.cfg.study.level:
+            rec.log_params({"study.level": ctx.cfg.study.level})
         ks = ctx.cfg.eval.ks
         val = model.evaluate(ctx.data.val, ctx.cfg.eval.val_tasks, ks)
         res = model.evaluate(ctx.data.test, ks=ks)

@@ -101,7 +101,7 @@ def test_adjusted_intervals_exclude_zero_exactly_when_a_row_is_called_significan
     """Families of 8 rows with effects from none to large, some with too few seeds: on every row the adjusted
     interval excludes 0 iff the row is significant (Holm p < 0.05, 3+ seeds); with fewer seeds the row says
     that no call is made; the unadjusted interval is never the narrower one."""
-    from ablation.report.tables import _adjust, _row
+    from ablation.report.tables import adjust_families, comparison_row
 
     rng = np.random.default_rng(1)
     rows = []
@@ -110,8 +110,8 @@ def test_adjusted_intervals_exclude_zero_exactly_when_a_row_is_called_significan
         for task in range(8):
             delta = [0.0, 0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12][task]
             c = compare(*_study(rng, queries=300, seeds=seeds, seed_sd=0.01, delta=delta))
-            rows.append(_row(c, arm="b", family=str(family), task=str(task), slice="all", mode="retrieval"))
-    table = _adjust(pd.DataFrame(rows), ["arm", "family"])
+            rows.append(comparison_row(c, arm="b", family=str(family), task=str(task), slice="all", mode="retrieval"))
+    table = adjust_families(pd.DataFrame(rows), ["arm", "family"])
     excludes = (table["ci_low"] > 0) | (table["ci_high"] < 0)
     called = table[table["n_seeds"] >= 3]
     assert (excludes[called.index] == called["significant"]).all()

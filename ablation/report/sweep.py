@@ -1,0 +1,193 @@
+"""The report of a sweep: the arm effect at each level and whether it changes with the level, against
+zero-shot at each level, a figure of both against the level, and each level's own full report beneath
+(`reports/<sweep>/<level study>/`). Numbers come from MLflow, through `sweep_stats`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from ablation.data.tasks import TASKS
+from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
+from ablation.report.build import ReportPaths, build_report
+from ablation.report.findings import SIDES
+from ablation.report.reader import read_study
+from ablation.report.render import Section, Table, to_html, to_markdown
+from ablation.report.sweep_figure import sweep_figure
+from ablation.report.sweep_stats import LevelRuns, arm_means, sweep_comparisons
+from ablation.report.tables import summary
+from ablation.tracking.store import NOTE_TAG, Tracker
+
+SWEEP_ROLE = "sweep"  # as `study.sweep.SWEEP_ROLE`; the report does not import the study layer
+
+
+def find_sweep(name: str, uri: str, experiment: str | None = None):
+    """The MLflow run of sweep `name`, or None when `name` is not a sweep."""
+    found = Tracker(uri).search(experiment, {"study": name, "role": SWEEP_ROLE}, limit=1)
+    return found[0] if found else None
+
+
+def _levels(name: str, uri: str, experiment: str | None) -> tuple[list[LevelRuns], list[str]]:
+    """The sweep's levels in the order they ran (their study runs' start), each read with its zero-shot
+    reference (its own, else the last earlier level's) and the arms."""
+    tracker = Tracker(uri)
+    studies = sorted(tracker.search(experiment, {"sweep": name, "role": "study"}), key=lambda r: r.info.start_time)
+    out, zero_from = [], None
+    for run in studies:
+        sub = run.data.tags["study"]
+        if zero_from is None or tracker.search(experiment, {"study": sub, "role": "zero-shot"}, limit=1):
+            zero_from = sub
+        out.append(
+            LevelRuns(run.data.tags.get("level", sub), sub, read_study(sub, uri, experiment, zero_from), zero_from)
+        )
+    arms = list((out[0].runs.config.get("study") or {}).get("arms") or ["shared", "unshared"]) if out else []
+    return out, arms
+
+
+def _fmt(r: pd.Series) -> str:
+    return f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+
+
+def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[str, int]) -> str:
+    """The sweep's answer in one paragraph: the effect per level with the interval that makes the call,
+    each arm against zero-shot per level, and the interaction rows."""
+    if rows.empty or len(arms) < 2:
+        return "No verdict: no level has finished final runs of two arms with per-query results."
+    ref, arm = arms[0], arms[1]
+    text = [
+        f"Question: does the effect of {arm} ({SIDES.get(arm, arm)}) against {ref} ({SIDES.get(ref, ref)}) change "
+        f"with {axis}? Mean retrieval acc@1 over the 8 test tasks, paired by seed and query; intervals are 95 % "
+        "Holm-adjusted (arm effects and interactions one family, the rows against zero-shot another)."
+    ]
+    readings = []
+    for slice_ in ("all", "unseen"):
+        eff = rows[(rows["kind"] == "effect") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+        if eff.empty:
+            continue
+        where = f"all {sizes.get('all', 0)} test queries" if slice_ == "all" else f"the {sizes.get('unseen', 0)} unseen"
+        text.append(
+            f"{arm} − {ref} on {where}: " + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in eff.iterrows()) + "."
+        )
+        for _, r in eff.iterrows():
+            if r["significant"]:
+                better = arm if r["diff"] > 0 else ref
+                readings.append(f"{better} wins at {r['level']} on {slice_} queries by {abs(r['diff']):.3f}")
+        inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+        if not inter.empty:
+            text.append(
+                f"Interaction (effect at a level minus effect at the first) on {slice_} queries: "
+                + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in inter.iterrows())
+                + "."
+            )
+            called = inter[inter["significant"]]
+            readings.append(
+                f"the effect changes with {axis} on {slice_} queries ("
+                + ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
+                + ")"
+                if not called.empty
+                else f"no change of the effect with {axis} is detected on {slice_} queries"
+            )
+        zs = rows[(rows["kind"] == "zero-shot") & (rows["slice"] == slice_)]
+        if not zs.empty:
+            text.append(
+                f"Against the untrained encoder on {slice_} queries: "
+                + "; ".join(f"{r['arm']} at {r['level']} {_fmt(r)}" for _, r in zs.iterrows())
+                + "."
+            )
+            above = zs[zs["significant"] & (zs["diff"] > 0)]
+            readings.append(
+                f"on {slice_} queries only "
+                + ", ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
+                + " beat(s) the untrained encoder"
+                if not above.empty
+                else f"no arm at any level beats the untrained encoder on {slice_} queries"
+            )
+    if not readings:
+        readings.append("no difference is called at any level")
+    return " ".join(text) + " Reading: " + "; ".join(readings) + "."
+
+
+def _task_table(levels: list[LevelRuns], arms: list[str]) -> Table:
+    """Retrieval acc@1 per level, arm and task (mean over seeds), all and unseen queries."""
+    header = ["level", "arm", "slice", *TASKS, "mean"]
+    rows = []
+    for lv in levels:
+        table = summary(lv.runs, arms)
+        part = table[(table["mode"] == "retrieval") & (table["metric"] == "acc_at_1")]
+        for arm in (*arms, "zero-shot"):
+            for slice_ in ("all", "unseen"):
+                cells = part[(part["arm"] == arm) & (part["slice"] == slice_)].set_index("task")["mean"]
+                if not cells.empty:
+                    rows.append(
+                        [lv.label, arm, slice_, *(f"{cells.get(t, float('nan')):.3f}" for t in (*TASKS, "mean"))]
+                    )
+    return Table(header, rows)
+
+
+def _comparison_table(rows: pd.DataFrame) -> Table:
+    header = ["kind", "level", "arm − reference", "slice", "diff", "adjusted 95 % CI", "Holm p", "seeds", "call"]
+    body = [
+        [
+            r["kind"],
+            r["level"],
+            f"{r['arm']} − {r['reference']}",
+            r["slice"],
+            f"{r['diff']:+.3f}",
+            f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}",
+            f"{r['p_adjusted']:.3g}",
+            str(int(r["n_seeds"])),
+            r["call"],
+        ]
+        for _, r in rows.iterrows()
+    ]
+    return Table(header, body)
+
+
+def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experiment: str | None = None) -> ReportPaths:
+    """Each level's report, then the sweep's own: report.md, report.html, sweep.png and summary.csv."""
+    out = Path(out_dir) if out_dir else REPO_ROOT / "reports" / name
+    sweep_run = find_sweep(name, uri, experiment)
+    levels, arms = _levels(name, uri, experiment)
+    for lv in levels:
+        build_report(lv.name, uri, str(out / lv.name), experiment, lv.zero_shot_from)
+    axis = sweep_run.data.tags.get("sweep_axis", "the level")
+    rows = sweep_comparisons(levels, arms)
+    means = arm_means(levels, arms)
+    sizes = {s: int(rows[rows["slice"] == s]["n_queries"].max()) for s in ("all", "unseen") if not rows.empty}
+    answer = sweep_verdict(rows, arms, axis, sizes)
+    fig = sweep_figure(rows, means, arms, [lv.label for lv in levels], axis)
+    sections = [
+        Section("Verdict", "The arm effect at each level and whether it changes with the level.").p(answer),
+        Section(
+            "Levels",
+            "Each level is a complete study with the same budget; its own report is linked below.",
+        ).items([f"{lv.label}: study {lv.name}, report {lv.name}/report.html" for lv in levels]),
+        Section("Comparisons", "Every row of the verdict; family `sweep`: effects and interactions.").table(
+            _comparison_table(rows)
+        ),
+        Section("Accuracy per task", "Test retrieval acc@1, mean over seeds, per level and arm.").table(
+            _task_table(levels, arms)
+        ),
+    ]
+    images = {}
+    if fig is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        images["sweep.png"] = buf.getvalue()
+        sections[0].figure("sweep.png", f"The effect and each arm's acc@1 against {axis}")
+    out.mkdir(parents=True, exist_ok=True)
+    for image, data in images.items():
+        write_text_atomic(data, out / image)
+    paths = ReportPaths(out / "report.html", out / "report.md", out / "summary.csv")
+    write_csv_atomic(pd.concat([rows, means.assign(kind="mean")], ignore_index=True), paths.summary)
+    title = f"Sweep report: {name}"
+    write_text_atomic(to_markdown(title, sections), paths.markdown)
+    write_text_atomic(to_html(title, sections, images), paths.html)
+    tracker = Tracker(uri)
+    tracker.set_tags(sweep_run.info.run_id, {NOTE_TAG: answer})
+    tracker.set_experiment_tags(sweep_run.info.experiment_id, {NOTE_TAG: answer})
+    for p in (paths.html, paths.markdown, paths.summary):
+        tracker.log_artifact(sweep_run.info.run_id, p, "report")
+    return paths
