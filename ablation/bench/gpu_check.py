@@ -1,6 +1,7 @@
 """`make gpu-check`: the CUDA path in one table. The tests marked `device` on the GPU, bench P1 and the
-frozen-prefix cache measure (P7) under bf16 autocast, and one quick trial trained twice under one seed, to
-see that the CUDA path repeats. Sized for at most 8 minutes on one GPU."""
+frozen-prefix cache measure (P7) under bf16 autocast, one quick trial trained twice under one seed, to
+see that the CUDA path repeats, and one level of the depth sweep (every layer trained, batch 128, one seed)
+with its step time. Sized for at most 8 minutes on one GPU."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +77,38 @@ def repeat_trial(cfg_path: Path, overrides: list[str], corpus: str | None) -> di
     }
 
 
+DEPTH = REPO_ROOT / "experiments" / "depth.yaml"
+GPU_BATCH = 128  # depth.yaml on a GPU: the same file with a larger batch
+
+
+def sweep_level(cfg_path: Path, overrides: list[str], corpus: str | None, level: int = -1) -> dict:
+    """One level of a sweep (depth.yaml's last: every layer trained) run as its sub-study, with one seed
+    and no zero-shot, into a temporary store: the sweep path end to end on the device, with the level's wall
+    time and its median training step (P1's harness step, unshared: the larger arm)."""
+    from ablation.study.runner import run_study
+    from ablation.study.sweep import levels
+
+    sets = [*overrides, "study.seeds=[1]", "study.zero_shot=false", "tracking.system_metrics=false"]
+    cfg = load_config(cfg_path, sets)
+    with tempfile.TemporaryDirectory() as tmp:
+        lv = levels(cfg, Path(tmp))[level]
+        t = time.perf_counter()
+        run_study(lv.cfg, corpus, f"sqlite:///{Path(tmp) / 'mlflow.db'}", str(lv.folder))
+        wall = time.perf_counter() - t
+    data = load_run_data(lv.cfg, corpus)
+    step = step_overhead(replace_path(lv.cfg, "model.sharing", "unshared"), data, 24)
+    return {
+        "id": "sweep-level",
+        "level": lv.label,
+        "batch_size": lv.cfg.train.batch_size,
+        "precision": lv.cfg.train.precision,
+        "runs": len(lv.cfg.study.arms) * (lv.cfg.study.n_trials + 1),
+        "level_s": wall,
+        "step_s": step["harness_step_s"],
+        "met": True,
+    }
+
+
 def gpu_check(corpus: str | None = None, device: str = "cuda", precision: str = "bf16", out: str | None = None) -> dict:
     """Run the three checks on `device` and write gpu-check.json and .md (reports/gpu-check/)."""
     where = resolve_device(device)
@@ -92,6 +126,8 @@ def gpu_check(corpus: str | None = None, device: str = "cuda", precision: str = 
     rows.append(prefix_cache_speedup(cfg, data, 2))
     print(json.dumps(rows[-1]), flush=True)
     rows.append(repeat_trial(QUICK, overrides, corpus))
+    print(json.dumps(rows[-1]), flush=True)
+    rows.append(sweep_level(DEPTH, [*overrides, f"train.batch_size={GPU_BATCH}"], corpus))
     print(json.dumps(rows[-1]), flush=True)
     results["results"] = rows
     path = Path(out) if out else REPO_ROOT / "reports" / "gpu-check" / "gpu-check.json"

@@ -17,6 +17,7 @@ GOALS: dict[str, str] = {
     "threads": "workers that split the cores between them (the runner's default) vs each using every core",
     "tests": "the tests marked `device` pass on the device that `make gpu-check` names",
     "repeat": "one quick trial trained twice under one seed gives the same losses and validation metrics",
+    "sweep-level": "one level of the depth sweep runs as its sub-study on the device; its step time (reported)",
     "index": "the faster neighbour index for mining at the full training split's size",
 }
 
@@ -128,6 +129,14 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"{r['max_abs_loss_diff']:.3g}; {r['metric']} {r['val_first']} vs {r['val_second']}",
             "same" if r["met"] else "differs",
             f"identical: {'yes' if r['met'] else 'no'}",
+        )
+    if rid == "sweep-level":
+        return (
+            rid,
+            f"sweep level {r['level']} ({r['runs']} runs, batch {r['batch_size']}, {r['precision']}) in "
+            f"{r['level_s']:.0f} s; unshared step {r['step_s']:.3f} s",
+            f"{r['step_s']:.3f} s/step",
+            "ran: yes",
         )
     if rid == "threads":
         return (

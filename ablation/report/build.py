@@ -177,10 +177,11 @@ def build_report(
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    from ablation.report.sweep import build_sweep_report, find_sweep
+    from ablation.report.sweep import build_sweep_report, find_sweep, level_reference
 
     if find_sweep(study, uri, experiment) is not None:
         return build_sweep_report(study, uri, out_dir, experiment)
+    zero_shot_from = zero_shot_from or level_reference(study, uri, experiment)
     runs = read_study(study, uri, experiment, zero_shot_from)
     cfg_study = runs.config.get("study") or {}
     arms = list(cfg_study.get("arms") or runs.runs[runs.runs["role"] == "arm"]["arm"].dropna().unique())

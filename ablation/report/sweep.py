@@ -13,12 +13,14 @@ from ablation.data.tasks import TASKS
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.build import ReportPaths, build_report
 from ablation.report.findings import SIDES
+from ablation.report.publish import VIEW_COLUMNS
 from ablation.report.reader import read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
 from ablation.report.sweep_figure import sweep_figure
 from ablation.report.sweep_stats import LevelRuns, arm_means, sweep_comparisons
 from ablation.report.tables import summary
 from ablation.tracking.store import NOTE_TAG, Tracker
+from ablation.tracking.view import view_state, view_tag
 
 SWEEP_ROLE = "sweep"  # as `study.sweep.SWEEP_ROLE`; the report does not import the study layer
 
@@ -29,19 +31,35 @@ def find_sweep(name: str, uri: str, experiment: str | None = None):
     return found[0] if found else None
 
 
-def _levels(name: str, uri: str, experiment: str | None) -> tuple[list[LevelRuns], list[str]]:
-    """The sweep's levels in the order they ran (their study runs' start), each read with its zero-shot
-    reference (its own, else the last earlier level's) and the arms."""
+def _level_order(name: str, uri: str, experiment: str | None) -> list[tuple[str, str, str]]:
+    """(label, sub-study, the sub-study whose zero-shot run is its reference: its own, else the last earlier
+    level's) of each level of sweep `name`, in the order the levels ran (their study runs' start)."""
     tracker = Tracker(uri)
     studies = sorted(tracker.search(experiment, {"sweep": name, "role": "study"}), key=lambda r: r.info.start_time)
-    out, zero_from = [], None
+    out, zero_from = [], ""
     for run in studies:
         sub = run.data.tags["study"]
-        if zero_from is None or tracker.search(experiment, {"study": sub, "role": "zero-shot"}, limit=1):
+        if not zero_from or tracker.search(experiment, {"study": sub, "role": "zero-shot"}, limit=1):
             zero_from = sub
-        out.append(
-            LevelRuns(run.data.tags.get("level", sub), sub, read_study(sub, uri, experiment, zero_from), zero_from)
-        )
+        out.append((run.data.tags.get("level", sub), sub, zero_from))
+    return out
+
+
+def level_reference(study: str, uri: str, experiment: str | None = None) -> str | None:
+    """For a sweep's level: the sub-study whose zero-shot run is its reference (None: not a level)."""
+    found = Tracker(uri).search(experiment, {"study": study, "role": "study"}, limit=1)
+    parent = found[0].data.tags.get("sweep") if found else None
+    if not parent:
+        return None
+    return next((zero for _, sub, zero in _level_order(parent, uri, experiment) if sub == study), None)
+
+
+def _levels(name: str, uri: str, experiment: str | None) -> tuple[list[LevelRuns], list[str]]:
+    """The sweep's levels, each read with its zero-shot reference, and the arms."""
+    out = [
+        LevelRuns(label, sub, read_study(sub, uri, experiment, zero), zero)
+        for label, sub, zero in _level_order(name, uri, experiment)
+    ]
     arms = list((out[0].runs.config.get("study") or {}).get("arms") or ["shared", "unshared"]) if out else []
     return out, arms
 
@@ -187,7 +205,8 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     write_text_atomic(to_html(title, sections, images), paths.html)
     tracker = Tracker(uri)
     tracker.set_tags(sweep_run.info.run_id, {NOTE_TAG: answer})
-    tracker.set_experiment_tags(sweep_run.info.experiment_id, {NOTE_TAG: answer})
+    view = view_state(name, VIEW_COLUMNS, (), sweep=True)
+    tracker.set_experiment_tags(sweep_run.info.experiment_id, {NOTE_TAG: answer, **view_tag(name, view)})
     for p in (paths.html, paths.markdown, paths.summary):
         tracker.log_artifact(sweep_run.info.run_id, p, "report")
     return paths

@@ -113,7 +113,6 @@ def _run(
         lease.guard()
         label = "" if kind == "zero-shot" else str(trial.number) if kind == "tuning" else f"seed {cfg.seed}"
         role = {"tuning": "trial"}.get(kind, kind)
-        ctx.progress.run_done(arm or "zero-shot", role, label, value, time.monotonic() - start, pruned)
         if pruned:
             _tell(queue, trial, state=TrialState.PRUNED)
         elif value is None:
@@ -121,6 +120,8 @@ def _run(
             _tell(queue, trial, state=TrialState.FAIL)
         else:
             _tell(queue, trial, value)
+        # after the outcome reached Optuna: a line says "done" only of work that a kill cannot undo
+        ctx.progress.run_done(arm or "zero-shot", role, label, value, time.monotonic() - start, pruned)
     except RunSuperseded as exc:
         print(f"warning: {exc}; this worker goes on with other work", file=sys.stderr, flush=True)
     except NonFiniteLoss as exc:  # the run is FAILED with the reason; the slot is used, the study goes on

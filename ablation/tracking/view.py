@@ -59,22 +59,27 @@ def _chart(kind: str, key: str, section: str) -> dict[str, Any]:
     return card
 
 
-def view_state(study: str, columns: Sequence[str], curves: Sequence[str]) -> dict[str, Any]:
+def view_state(study: str, columns: Sequence[str], curves: Sequence[str], sweep: bool = False) -> dict[str, Any]:
     """The runs page of `study`: its final runs, arm runs and zero-shot run, grouped by the `arm` tag
     (group rows show the mean over the group's runs; an arm run carries its finals' means, so it leaves
     the mean unchanged and adds `_std`); `columns` shown first, each with its `_std`, and drawn as bar
-    charts; line charts of `curves` per step."""
+    charts; line charts of `curves` per step. A `sweep`: the arm runs of every level and the zero-shot
+    reference, ungrouped, with their level beside them, one bar each."""
     shown = [c for key in columns for c in (_column(key), _column(f"{key}_std"))]
     charts = [_chart("LINE", key, "curves") for key in curves] + [_chart("BAR", key, "test") for key in columns]
+    runs = f"tags.study = {quote(study)} and tags.role != 'trial' and tags.role != 'study'"
+    if sweep:
+        runs = f"tags.sweep = {quote(study)} and tags.role != 'trial' and tags.role != 'study' and tags.role != 'final'"
+    group = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]}
     return {
-        "searchFilter": f"tags.study = {quote(study)} and tags.role != 'trial' and tags.role != 'study'",
+        "searchFilter": runs,
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
-        "selectedColumns": [*shown, "tags.`seed`", "tags.`role`"],
+        "selectedColumns": [*(["tags.`level`"] if sweep else []), *shown, "tags.`seed`", "tags.`role`"],
         "columnOrder": shown,
         "columnWidths": {c: 210 if c.endswith("_std`") else 250 for c in shown},
         "runsHiddenMode": "SHOW_ALL",
@@ -84,7 +89,7 @@ def view_state(study: str, columns: Sequence[str], curves: Sequence[str]) -> dic
             {"uuid": "test", "name": "Test (headline)", "display": True, "isReordered": False},
         ],
         "isAccordionReordered": True,  # keeps these sections first; MLflow appends one per metric prefix
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+        "groupBy": None if sweep else group,
         "groupsExpanded": {},
         "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True,
@@ -114,6 +119,7 @@ def study_link(tracking_uri: str, study: str, base_url: str) -> str:
         return fallback
     tracker = Tracker(tracking_uri)
     found = tracker.search(None, {"study": study, "role": "study"}, limit=1)
+    found = found or tracker.search(None, {"study": study, "role": "sweep"}, limit=1)
     if not found:
         return fallback
     experiment = tracker.client.get_experiment(found[0].info.experiment_id)

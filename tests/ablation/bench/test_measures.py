@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ablation.bench.measures import evaluation_speedup, neighbour_index, step_overhead
 from ablation.bench.table import GOALS, readable_table
 from ablation.data.run_data import load_run_data
@@ -60,3 +62,14 @@ def test_the_bf16_row_compares_both_precisions_on_the_same_steps_or_says_why_not
     diff = result["val_acc_bf16"] - result["val_acc_fp32"]
     assert 0 <= result["val_acc_fp32"] <= 1 and result["val_acc_diff"] == diff
     assert "| P8 |" in table and "fp32 vs" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_a_sweep_level_as_its_sub_study_and_times_its_step(corpus: Path) -> None:
+    from ablation.bench.gpu_check import sweep_level
+    from tests.conftest import FIXTURE, SMOKE
+
+    sets = [*FIXTURE, "train.epochs=1", "study.n_trials=1", "study.sweep={model.freeze_layers: [1, 0]}"]
+    row = sweep_level(SMOKE, sets, str(corpus))
+    assert row["id"] == "sweep-level" and row["level"] == "freeze_layers=0" and row["runs"] == 4
+    assert row["level_s"] > 0 and row["step_s"] > 0 and row["batch_size"] == 8

@@ -60,6 +60,14 @@ CASES = [
     (["--config", "{tmp}/dup.yaml"], "key 'study' is given twice (line 3)"),
     (["--config", "{tmp}/empty.yaml"], "{tmp}/empty.yaml is empty"),
     (["--config", "{tmp}/binary.yaml"], "{tmp}/binary.yaml is not a text file"),
+    # a sweep: every level is checked before the first one starts
+    (["--set", "study.sweep={model.freeze_layers: [1, 9]}"], "model.freeze_layers: 9 is above the 2 layers"),
+    (["--set", "study.sweep={model.max_length: [48, 4]}"], "level 2 (max_length-4): config: model.max_length: 4"),
+    (["--set", "study.sweep={study.n_trials: [1, 2]}"], "'study.n_trials' is not a setting a sweep can vary"),
+    (["--set", "study.sweep={train.device: [cpu, cuda]}"], "'train.device' is not a setting a sweep can vary"),
+    (["--set", "study.sweep={model.freeze_layers: [1]}"], "a sweep needs at least 2 levels"),
+    (["--set", "study.sweep={model.freeze_layers: [1, 0], train.lr: [0.1, 0.2, 0.3]}"], "the same number of levels"),
+    (["--config", "{tmp}/longsweep.yaml"], "the sub-study of level 1: 'xxxxxxxxxxxxxxxxxxxx"),
 ]
 
 
@@ -70,6 +78,7 @@ def _inputs(tmp: Path) -> None:
     (tmp / "range.yaml").write_text("study:\n  search_space:\n    negatives.random_rate: {low: 0.0, high: 2.0}\n")
     (tmp / "dup.yaml").write_text("study:\n  n_trials: 1\nstudy:\n  n_trials: 2\n")
     (tmp / "empty.yaml").write_text("")
+    (tmp / "longsweep.yaml").write_text(f"study:\n  name: {'x' * 50}\n  sweep:\n    model.freeze_layers: [1, 0]\n")
     (tmp / "binary.yaml").write_bytes(bytes(range(128, 256)) * 4)
     (tmp / "junk.db").write_bytes(bytes(range(256)) * 64)
     (tmp / "junkrun").mkdir()

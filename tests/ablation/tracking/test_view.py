@@ -51,3 +51,15 @@ def test_the_link_opens_the_view_only_once_it_is_published(tmp_path: Path) -> No
     assert study_link(uri, "quick", "http://h") == f"http://h/#/experiments/{exp}/runs"
     tracker.set_experiment_tags(exp, view_tag("quick", view_state("quick", COLUMNS, [])))
     assert study_link(uri, "quick", "http://h") == f"http://h/#/experiments/{exp}/runs?viewStateShareKey=compare-quick"
+
+
+def test_a_sweep_opens_on_the_arm_runs_of_every_level_with_the_level_first(tmp_path: Path) -> None:
+    state = view_state("depth", COLUMNS, [], sweep=True)
+    assert state["searchFilter"].startswith("tags.sweep = 'depth'") and "tags.role != 'final'" in state["searchFilter"]
+    assert state["groupBy"] is None and state["selectedColumns"][0] == "tags.`level`"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("depth")
+    tracker.create_run("depth", "depth", {"study": "depth", "role": "sweep"})
+    tracker.set_experiment_tags(exp, view_tag("depth", state))
+    assert study_link(uri, "depth", "http://h") == f"http://h/#/experiments/{exp}/runs?viewStateShareKey=compare-depth"
