@@ -229,9 +229,16 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or [])
     storage = cfg.study.storage
+    folder = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / cfg.study.name
+    if cfg.study.sweep:  # each level has its own queues: show the one asked for
+        from ablation.study.sweep import levels
+
+        found = levels(cfg, folder)
+        if not 1 <= args.level <= len(found):
+            raise UserError(f"dashboard: --level {args.level}: the sweep has levels 1 to {len(found)}")
+        folder = found[args.level - 1].folder
     if storage is None:
-        journal = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / cfg.study.name
-        journal = journal / JOURNAL
+        journal = folder / JOURNAL
         if not journal.is_file():
             raise UserError(f"dashboard: no Optuna journal at {journal} (run the study first, or set study.storage)")
         storage = str(journal)
@@ -331,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. study.storage=...")
     p.add_argument("--run-dir", help="the study's run folder (default runs/<study>)")
     p.add_argument("--port", type=_positive, default=8080)
+    p.add_argument("--level", type=_positive, default=1, help="a sweep's level whose queues to show (default 1)")
     commands["dashboard"] = _cmd_dashboard
 
     p = sub.add_parser("ui", help="mlflow ui over the store, printing the link that opens a study's comparison")

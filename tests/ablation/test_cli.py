@@ -121,3 +121,13 @@ def test_dashboard_without_a_journal_is_one_error_line(tmp_path: Path, capsys: p
     assert main(["dashboard", "--config", str(SMOKE), "--run-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: dashboard: no Optuna journal") and "\n" not in err
+
+
+def test_dashboard_of_a_sweep_shows_the_queues_of_the_level_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = ["--config", str(SMOKE), "--set", "study.sweep={model.freeze_layers: [1, 0]}", "--run-dir", str(tmp_path)]
+    assert main(["dashboard", *sweep, "--level", "2"]) == 2
+    assert f"no Optuna journal at {tmp_path}/smoke.freeze_layers-0/optuna.journal" in capsys.readouterr().err
+    assert main(["dashboard", *sweep, "--level", "3"]) == 2
+    assert "--level 3: the sweep has levels 1 to 2" in capsys.readouterr().err

@@ -80,7 +80,8 @@ def test_a_sweep_of_two_levels_resumes_after_a_kill_in_level_2_and_reports_per_l
     before = client.search_runs([exp.experiment_id], max_results=1000)
     assert any(r.info.status == "RUNNING" for r in before)  # the kill left level 2 open
     level_1 = [r for r in before if r.data.tags.get("study") == "smoke.freeze_layers-1"]
-    again = subprocess.run([*cmd, "--no-report"], cwd=REPO, capture_output=True, text=True)
+    # resumed with 2 worker processes: the level is shared between them as any study is
+    again = subprocess.run([*cmd, "--no-report", "--workers", "2"], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep 'smoke' (2 levels) done" in again.stdout
     progress = [line for line in again.stderr.splitlines() if line.startswith("[progress] ")]
