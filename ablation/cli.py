@@ -263,7 +263,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     link = study_link(uri, args.study, f"http://127.0.0.1:{args.port}")
     print(f"open {link}", flush=True)
     if "viewStateShareKey" in link:
-        print(f"(study {args.study}: finals grouped by arm beside zero-shot; the chart tab holds the curves)")
+        print(
+            f"(study {args.study}: its arms side by side with the zero-shot reference; the chart tab holds the charts)"
+        )
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     return subprocess.call(command) if not args.print_only else 0

@@ -117,8 +117,9 @@ def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[st
             above = zs[zs["significant"] & (zs["diff"] > 0)]
             readings.append(
                 f"on {slice_} queries only "
-                + ", ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
-                + " beat(s) the untrained encoder"
+                + " and ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
+                + (" beats" if len(above) == 1 else " beat")
+                + " the untrained encoder"
                 if not above.empty
                 else f"no arm at any level beats the untrained encoder on {slice_} queries"
             )

@@ -75,3 +75,17 @@ def test_rows_of_a_sweep_are_effects_interactions_and_zero_shot_each_in_its_fami
     assert ((rows["ci_low"] > 0) | (rows["ci_high"] < 0)).eq(called).all()  # intervals agree with the calls
     means = arm_means(levels, ["shared", "unshared"])
     assert len(means) == 3 * 2 * 3 and (means["ci_low"] <= means["mean"]).all()
+
+
+def test_the_sweep_verdict_names_every_level_in_order_and_the_interaction() -> None:
+    from ablation.report.sweep import sweep_verdict
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 1.0, QUERIES)
+    levels = [_level(rng, "a", base, 0.0, True), _level(rng, "b", base, -1.5, False)]
+    rows = sweep_comparisons(levels, ["shared", "unshared"])
+    text = sweep_verdict(rows, ["shared", "unshared"], "model.freeze_layers", {"all": QUERIES, "unseen": 50})
+    assert text.startswith("Question: does the effect of unshared (separate towers) against shared")
+    assert text.index("unshared − shared on all 150 test queries: a ") < text.index("; b ")
+    assert "Interaction (effect at a level minus effect at the first) on all queries: b vs a -0." in text
+    assert "shared wins at b on all queries by 0." in text and "the effect changes with model.freeze_layers" in text
