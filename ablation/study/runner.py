@@ -40,6 +40,7 @@ from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
 from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
 from ablation.study.worker import best_params, work
+from ablation.tracking import sqlite_store
 from ablation.tracking.retry import RETRY_ENV
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
 
@@ -101,7 +102,6 @@ class Checked:
     folder: Path
     data: RunData
     settings: dict[str, Any]
-    tracker: Tracker
     experiment: str
 
 
@@ -115,14 +115,21 @@ def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | N
     preflight(cfg, uri, folder)
     data = load_run_data(cfg, corpus)
     settings = _settings(cfg, data)
-    tracker = Tracker(uri)
     experiment = cfg.tracking.experiment or cfg.study.name
     check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
-    study_tags = {"study": cfg.study.name, "role": "study"}
-    for run in tracker.search(experiment, study_tags, limit=1):
+    check_recorded(uri, experiment, {"study": cfg.study.name, "role": "study"}, settings)
+    return Checked(cfg, uri, folder, data, settings, experiment)
+
+
+def check_recorded(uri: str, experiment: str, tags: dict[str, str], settings: dict[str, Any]) -> None:
+    """The settings that the run carrying `tags` was started with, if there is one, are `settings`. Read
+    only: a sqlite store that does not exist yet is not created by the check."""
+    if sqlite_store.missing(uri):
+        return
+    tracker = Tracker(uri)
+    for run in tracker.search(experiment, tags, limit=1):
         text = tracker.read_text(run.info.run_id, f"{SETTINGS}.json")
-        check_same(cfg.study.name, json.loads(text) if text else None, settings, f"in MLflow at {uri}")
-    return Checked(cfg, uri, folder, data, settings, tracker, experiment)
+        check_same(tags["study"], json.loads(text) if text else None, settings, f"in MLflow at {uri}")
 
 
 def open_study(
@@ -130,7 +137,8 @@ def open_study(
 ) -> StudyContext:
     """Check, then set up (or join) the study; see the module's docstring."""
     c = check_study(cfg, corpus, tracking_uri, run_dir)
-    folder, data, settings, tracker, experiment = c.folder, c.data, c.settings, c.tracker, c.experiment
+    folder, data, settings, experiment = c.folder, c.data, c.settings, c.experiment
+    tracker = Tracker(c.uri)  # the first write: a sqlite store is created here when missing
     folder.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(cfg, data, tracker, experiment, folder)
     s = cfg.study

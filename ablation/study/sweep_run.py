@@ -16,7 +16,7 @@ from pathlib import Path
 from ablation.config import ExperimentConfig, dump_yaml, shared_settings
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.study.runner import SETTINGS, StudyIncomplete, check_same, check_study, end_runs, run_study
+from ablation.study.runner import SETTINGS, StudyIncomplete, check_recorded, check_study, end_runs, run_study
 from ablation.study.storage import StudyLock
 from ablation.study.sweep import SWEEP_ROLE, Level, levels
 from ablation.tracking.store import NOTE_TAG, Tracker
@@ -62,10 +62,9 @@ def run_sweep(
     folder = Path(run_dir) if run_dir else REPO_ROOT / "runs" / s.name
     all_levels = levels(cfg, folder)
     checked = [check_study(lv.cfg, corpus, tracking_uri, str(lv.folder)) for lv in all_levels]
-    tracker, experiment = checked[0].tracker, checked[0].experiment
-    for run in tracker.search(experiment, {"study": s.name, "role": SWEEP_ROLE}, limit=1):
-        text = tracker.read_text(run.info.run_id, f"{SETTINGS}.json")
-        check_same(s.name, json.loads(text) if text else None, shared_settings(cfg), f"in MLflow at {checked[0].uri}")
+    experiment = checked[0].experiment
+    check_recorded(checked[0].uri, experiment, {"study": s.name, "role": SWEEP_ROLE}, shared_settings(cfg))
+    tracker = Tracker(checked[0].uri)  # every check passed: the first write
     run = _open_sweep_run(cfg, tracker, experiment, folder, sweep_note(cfg, all_levels))
     lines = []
     try:
