@@ -139,7 +139,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
-    from ablation.report.build import build_report
+    from ablation.report.sweep import build_study_or_sweep
     from ablation.runtime import INTERRUPTS
     from ablation.study.runner import StudyIncomplete, run_study
     from ablation.study.sweep_run import run_sweep
@@ -156,14 +156,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         code = 1
     if not args.no_report:
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
-        paths = build_report(cfg.study.name, tracking_uri=uri, experiment=cfg.tracking.experiment or cfg.study.name)
+        paths = build_study_or_sweep(cfg.study.name, uri, experiment=cfg.tracking.experiment or cfg.study.name)
         print(f"report: {paths.html}")
     return code
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ablation.config import check_name
-    from ablation.report.build import build_report
+    from ablation.report.sweep import build_study_or_sweep
     from ablation.tracking import sqlite_store
     from ablation.tracking.store import resolve_tracking_uri
 
@@ -173,7 +173,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if absent:
         raise UserError(f"report: no MLflow store at {absent} (run the study first)")
 
-    paths = build_report(args.study, tracking_uri=uri, out_dir=args.out)
+    paths = build_study_or_sweep(args.study, uri, out_dir=args.out)
     print(f"report written: {paths.html}")
     return 0
 

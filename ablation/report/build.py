@@ -24,6 +24,7 @@ from ablation.report.findings import (
     verdict,
     zero_shot_section,
 )
+from ablation.report.levels import level_reference
 from ablation.report.publish import publish
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
@@ -171,16 +172,12 @@ def build_report(
     experiment: str | None = None,
     zero_shot_from: str | None = None,
 ) -> ReportPaths:
-    """Read study `study` from MLflow and write report.html, report.md, figures and summary.csv (a sweep:
-    its own report across levels, and one per level beneath it). `zero_shot_from`: the study whose zero-shot
-    run is the reference (a sweep's level without its own)."""
+    """Read study `study` from MLflow and write report.html, report.md, figures and summary.csv.
+    `zero_shot_from`: the study whose zero-shot run is the reference (default: for a sweep's level without
+    its own, the level whose reference it shares; a sweep's own report is `sweep.build_sweep_report`)."""
     from ablation.tracking.store import Tracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    from ablation.report.sweep import build_sweep_report, find_sweep, level_reference
-
-    if find_sweep(study, uri, experiment) is not None:
-        return build_sweep_report(study, uri, out_dir, experiment)
     zero_shot_from = zero_shot_from or level_reference(study, uri, experiment)
     runs = read_study(study, uri, experiment, zero_shot_from)
     cfg_study = runs.config.get("study") or {}

@@ -13,6 +13,7 @@ from ablation.data.tasks import TASKS
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.build import ReportPaths, build_report
 from ablation.report.findings import SIDES
+from ablation.report.levels import find_sweep, level_order
 from ablation.report.publish import VIEW_COLUMNS
 from ablation.report.reader import read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
@@ -22,43 +23,12 @@ from ablation.report.tables import summary
 from ablation.tracking.store import NOTE_TAG, Tracker
 from ablation.tracking.view import view_state, view_tag
 
-SWEEP_ROLE = "sweep"  # as `study.sweep.SWEEP_ROLE`; the report does not import the study layer
-
-
-def find_sweep(name: str, uri: str, experiment: str | None = None):
-    """The MLflow run of sweep `name`, or None when `name` is not a sweep."""
-    found = Tracker(uri).search(experiment, {"study": name, "role": SWEEP_ROLE}, limit=1)
-    return found[0] if found else None
-
-
-def _level_order(name: str, uri: str, experiment: str | None) -> list[tuple[str, str, str]]:
-    """(label, sub-study, the sub-study whose zero-shot run is its reference: its own, else the last earlier
-    level's) of each level of sweep `name`, in the order the levels ran (their study runs' start)."""
-    tracker = Tracker(uri)
-    studies = sorted(tracker.search(experiment, {"sweep": name, "role": "study"}), key=lambda r: r.info.start_time)
-    out, zero_from = [], ""
-    for run in studies:
-        sub = run.data.tags["study"]
-        if not zero_from or tracker.search(experiment, {"study": sub, "role": "zero-shot"}, limit=1):
-            zero_from = sub
-        out.append((run.data.tags.get("level", sub), sub, zero_from))
-    return out
-
-
-def level_reference(study: str, uri: str, experiment: str | None = None) -> str | None:
-    """For a sweep's level: the sub-study whose zero-shot run is its reference (None: not a level)."""
-    found = Tracker(uri).search(experiment, {"study": study, "role": "study"}, limit=1)
-    parent = found[0].data.tags.get("sweep") if found else None
-    if not parent:
-        return None
-    return next((zero for _, sub, zero in _level_order(parent, uri, experiment) if sub == study), None)
-
 
 def _levels(name: str, uri: str, experiment: str | None) -> tuple[list[LevelRuns], list[str]]:
     """The sweep's levels, each read with its zero-shot reference, and the arms."""
     out = [
         LevelRuns(label, sub, read_study(sub, uri, experiment, zero), zero)
-        for label, sub, zero in _level_order(name, uri, experiment)
+        for label, sub, zero in level_order(name, uri, experiment)
     ]
     arms = list((out[0].runs.config.get("study") or {}).get("arms") or ["shared", "unshared"]) if out else []
     return out, arms
@@ -211,3 +181,12 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     for p in (paths.html, paths.markdown, paths.summary):
         tracker.log_artifact(sweep_run.info.run_id, p, "report")
     return paths
+
+
+def build_study_or_sweep(
+    study: str, tracking_uri: str, out_dir: str | None = None, experiment: str | None = None
+) -> ReportPaths:
+    """The report of `study`: a sweep's (with one per level beneath it) or a single study's."""
+    if find_sweep(study, tracking_uri, experiment) is not None:
+        return build_sweep_report(study, tracking_uri, out_dir, experiment)
+    return build_report(study, tracking_uri, out_dir, experiment)
