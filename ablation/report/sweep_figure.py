@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ablation.study.tuning_plots import arm_colors
 
 _STYLE = {"all": ("-", "o", 0.0), "unseen": ("--", "s", 0.12)}
+
+
+def _intervals(
+    ax: Axes, rows: pd.DataFrame, y: str, color: str, label: str, x: dict, shift: float, fmt: str, capsize: int
+) -> np.ndarray:
+    """`rows[y]` at each row's level (shifted), with error bars to `ci_low` and `ci_high`; returns the x."""
+    xs = np.array([x[level] for level in rows["level"]]) + shift
+    err = np.vstack([rows[y] - rows["ci_low"], rows["ci_high"] - rows[y]])
+    ax.errorbar(xs, rows[y], yerr=err, fmt=fmt, color=color, capsize=capsize, label=label)
+    return xs
 
 
 def sweep_figure(
@@ -24,27 +35,19 @@ def sweep_figure(
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     for slice_, (line, marker, shift) in _STYLE.items():
+        style = {"x": x, "shift": shift, "fmt": marker + line}
         for arm in arms[1:]:
             e = effects[(effects["slice"] == slice_) & (effects["arm"] == arm)]
             if e.empty:
                 continue
-            xs = np.array([x[level] for level in e["level"]]) + shift
-            err = np.vstack([e["diff"] - e["ci_low"], e["ci_high"] - e["diff"]])
-            left.errorbar(
-                xs, e["diff"], yerr=err, fmt=marker + line, color=colors[arm], capsize=4, label=f"{slice_} queries"
-            )
+            xs = _intervals(left, e, "diff", colors[arm], f"{slice_} queries", capsize=4, **style)
             for xi, (_, r) in zip(xs, e.iterrows(), strict=True):
                 if not r["significant"]:
                     left.plot(xi, r["diff"], marker, color="white", markeredgecolor=colors[arm])
         for arm in (*arms, "zero-shot"):
             m = means[(means["slice"] == slice_) & (means["arm"] == arm)]
-            if m.empty:
-                continue
-            xs = np.array([x[level] for level in m["level"]]) + shift
-            err = np.vstack([m["mean"] - m["ci_low"], m["ci_high"] - m["mean"]])
-            right.errorbar(
-                xs, m["mean"], yerr=err, fmt=marker + line, color=colors[arm], capsize=3, label=f"{arm}, {slice_}"
-            )
+            if not m.empty:
+                _intervals(right, m, "mean", colors[arm], f"{arm}, {slice_}", capsize=3, **style)
     left.axhline(0, color="black", linewidth=1)
     left.set_ylabel(f"test retrieval acc@1, {arms[1]} − {arms[0]}")
     left.set_title("Arm effect per level (Holm-adjusted 95 % CI; hollow: not called)")
