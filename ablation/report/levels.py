@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ablation.study.sweep import SWEEP_ROLE
 from ablation.tracking.store import Tracker
-
-SWEEP_ROLE = "sweep"  # as `study.sweep.SWEEP_ROLE`; the report does not import the study layer
 
 
 def find_sweep(name: str, uri: str, experiment: str | None = None) -> Any:

@@ -121,6 +121,12 @@ def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | N
     return Checked(cfg, uri, folder, data, settings, experiment)
 
 
+def record_settings(tracker: Tracker, run: str, settings: dict[str, Any]) -> None:
+    """Keep the settings a run was started with (once: a resume leaves them), for `check_recorded`."""
+    if tracker.read_text(run, f"{SETTINGS}.json") is None:
+        tracker.log_text(run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
+
+
 def check_recorded(uri: str, experiment: str, tags: dict[str, str], settings: dict[str, Any]) -> None:
     """The settings that the run carrying `tags` was started with, if there is one, are `settings`. Read
     only: a sqlite store that does not exist yet is not created by the check."""
@@ -191,8 +197,7 @@ def _set_up_runs(ctx: StudyContext, settings: dict) -> None:
         ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, arm, tags, parent)
     for run in (ctx.study_run, *ctx.arm_runs.values()):
         tracker.resume(run)  # a study interrupted before is RUNNING again
-    if tracker.read_text(ctx.study_run, f"{SETTINGS}.json") is None:
-        tracker.log_text(ctx.study_run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
+    record_settings(tracker, ctx.study_run, settings)
     note = f"Study {s.name}: arms {', '.join(s.arms)}; {s.n_trials} trials per arm on {s.objective}; seeds "
     note += f"{', '.join(map(str, s.seeds))}. Its metrics: each arm minus {s.arms[0]}, with 95 % interval."
     note += f" Level {s.level} of the sweep {s.parent}." if s.parent else ""

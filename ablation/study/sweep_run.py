@@ -9,14 +9,20 @@ every level is; a signal ends it KILLED, an error FAILED (a rerun resumes it).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ablation.config import ExperimentConfig, dump_yaml, shared_settings
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.study.runner import SETTINGS, StudyIncomplete, check_recorded, check_study, end_runs, run_study
+from ablation.study.runner import (
+    StudyIncomplete,
+    check_recorded,
+    check_study,
+    end_runs,
+    record_settings,
+    run_study,
+)
 from ablation.study.storage import StudyLock
 from ablation.study.sweep import SWEEP_ROLE, Level, levels
 from ablation.tracking.store import NOTE_TAG, Tracker
@@ -39,8 +45,7 @@ def _open_sweep_run(cfg: ExperimentConfig, tracker: Tracker, experiment: str, fo
     with StudyLock(s.storage, s.name, folder, s.lease_s)() as held:
         held.check()
         run = tracker.find_or_create_run(experiment, s.name, tags)
-        if tracker.read_text(run, f"{SETTINGS}.json") is None:
-            tracker.log_text(run, json.dumps(shared_settings(cfg), indent=1, sort_keys=True), f"{SETTINGS}.json")
+        record_settings(tracker, run, shared_settings(cfg))
     tracker.resume(run)
     tracker.set_tags(run, {NOTE_TAG: note, "sweep_axis": ", ".join(s.sweep)})
     return run
