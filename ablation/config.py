@@ -99,6 +99,11 @@ class TrainConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_train_queries: Annotated[StrictInt, Field(ge=1)] | None = None
     grad_cosine_every: Annotated[StrictInt, Field(ge=0)] = 10  # 0: never
+    # the similarity loss: the seed's triplet loss (L2) or the in-batch contrastive loss (cosine); both add
+    # the pair classifier's cross-entropy, and retrieval and mining use the similarity the loss trains
+    loss: Literal["triplet", "contrastive"] = "triplet"
+    triplet_margin: Annotated[float, Field(gt=0.0)] = 1.0
+    contrastive_scale: Annotated[float, Field(gt=0.0)] = 20.0  # cosine × scale are the logits
     bucket_size: Annotated[StrictInt, Field(ge=1)] = 50  # batches per length bucket
 
 

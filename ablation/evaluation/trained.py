@@ -1,5 +1,6 @@
-"""Evaluating a trained bi-encoder: encode both sides, retrieve by negative L2 distance of the projected
-vectors, rerank the top-K by the pair classifier's positive-class probability."""
+"""Evaluating a trained bi-encoder: encode both sides, retrieve by the similarity its loss trained (negative
+L2 distance or cosine of the projected vectors), rerank the top-K by the pair classifier's positive-class
+probability."""
 
 from __future__ import annotations
 
@@ -76,17 +77,24 @@ def pair_scorer(
 
 
 class TrainedEvaluator(Evaluator):
-    """The bi-encoder as it is now: L2 retrieval on the projected vectors, the pair classifier to rerank."""
+    """The bi-encoder as it is now: retrieval by `similarity` (`l2` or `cosine`) on the projected vectors,
+    the pair classifier to rerank."""
 
     def __init__(
-        self, model: BiEncoder, texts: SideTexts, batch_size: int, device: torch.device, precision: str = "fp32"
+        self,
+        model: BiEncoder,
+        texts: SideTexts,
+        batch_size: int,
+        device: torch.device,
+        precision: str = "fp32",
+        similarity: str = "l2",
     ) -> None:
         self.model, self.texts, self.batch_size = model, texts, batch_size
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.similarity = device, precision, similarity
 
     def score(self, data: TokenizedSplit) -> tuple[np.ndarray, PairScorer]:
         queries, candidates = self.texts(data)
         q, c = encode_sides(
             self.model, queries, candidates, self.batch_size, self.device, self.precision, data.split.name
         )
-        return score_matrix(q["proj"], c["proj"], "l2"), pair_scorer(self.model, q, c, self.device)
+        return score_matrix(q["proj"], c["proj"], self.similarity), pair_scorer(self.model, q, c, self.device)

@@ -42,7 +42,7 @@ from ablation.training.negatives import Forbidden, mine, random_rates
 from ablation.training.recorder import Recorder
 from models.biencoder import BiEncoder
 from models.heads import pca_projection
-from models.loss import TripletPairLoss
+from models.losses.registry import SIMILARITY, build_loss
 
 DEFAULT_CACHE = REPO_ROOT / "runs" / "prefix-cache"
 EPOCH_MEANS = ("epoch/loss/total", "epoch/grad_norm/total")
@@ -126,17 +126,22 @@ class Trainer:
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])
         self.model = build_model(cfg, data, self.device)
-        self.loss_fn = TripletPairLoss(margin=1.0)
+        t = cfg.train
+        self.loss_fn = build_loss(t.loss, t.triplet_margin, t.contrastive_scale)
+        self.similarity = SIMILARITY[t.loss]  # what retrieval and negative mining rank by
         self.optimizer = _optimizer(cfg, self.model)
         warm = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
         self.forbidden = Forbidden.from_codes(data.train.split.text_codes)
         self.texts = self._side_texts()
-        self.evaluator = TrainedEvaluator(self.model, self.texts, cfg.eval.batch_size, self.device, cfg.train.precision)
+        self.evaluator = TrainedEvaluator(
+            self.model, self.texts, cfg.eval.batch_size, self.device, cfg.train.precision, self.similarity
+        )
         self.step = 0
         self.clipped_steps = 0  # steps whose pre-clip gradient norm exceeded train.grad_clip
         self.epoch_sums = dict.fromkeys(EPOCH_MEANS, 0.0)
+        self.epoch_copies = 0  # in-batch candidates masked as copies of a query's counter or itself
         self.result = TrainResult()
 
     def _side_texts(self) -> SideTexts:
@@ -163,7 +168,14 @@ class Trainer:
         sizes = {f"data.{name}_queries": getattr(data, name).split.n for name in ("train", "val", "test")}
         recorder.log_params({**flatten(cfg), **sizes, "data.corpus_path": data.corpus})
         precision = describe_precision(self.device, self.cfg.train.precision)
-        recorder.set_tags({**self.result.sums, "device": describe_device(self.device), "precision": precision})
+        recorder.set_tags(
+            {
+                **self.result.sums,
+                "device": describe_device(self.device),
+                "precision": precision,
+                "similarity": self.similarity,
+            }
+        )
         recorder.log_metrics(dict(self.result.counts), step=0)
         recorder.log_text(dump_yaml(cfg), "config.yaml")
 
@@ -183,7 +195,23 @@ class Trainer:
                     head(torch.from_numpy(v["pool"]).to(self.device)).float().cpu().numpy()
                     for head, v in ((self.model.query_head, q), (self.model.cand_head, c))
                 )
-        return q["proj"], c["proj"]
+        return self.mining_space(q["proj"]), self.mining_space(c["proj"])
+
+    def mining_space(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors as negative mining compares them: unit length under a cosine loss (L2 distance between
+        unit vectors orders candidates as cosine does), as they are under the L2 loss."""
+        if self.similarity != "cosine":
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def copies(self, idx: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+        """[B, 2B] mask of the in-batch candidates (the batch's counters, then its mined negatives) whose text
+        equals query i's counter or query i's own text, other than query i's counter itself (its target)."""
+        codes, n = self.data.train.split.text_codes, self.data.train.split.n
+        cand = codes[np.concatenate([idx, negatives[idx]])]
+        own = (cand[None, :] == codes[idx][:, None]) | (cand[None, :] == codes[n + idx][:, None])
+        own[np.arange(len(idx)), np.arange(len(idx))] = False
+        return own
 
     def train_step(
         self,
@@ -198,14 +226,18 @@ class Trainer:
         queries, candidates = self.texts(self.data.train)
         batches = (queries.batch(idx), candidates.batch(idx), candidates.batch(negatives[idx]))
         q, p, n = ({k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches)
+        copies = self.copies(idx, negatives) if cfg.train.loss == "contrastive" else None
         with autocast(self.device, cfg.train.precision):
             out = self.model(q, p, n)
-            terms = self.loss_fn(out)
+            terms = self.loss_fn(out, None if copies is None else torch.from_numpy(copies).to(dev))
         total = terms["total"]
         value = float(total.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss became {value} at step {self.step}")
         metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+        if copies is not None:
+            metrics["batch/copies_masked"] = float(copies.sum())
+            self.epoch_copies += int(copies.sum())
         every = cfg.train.grad_cosine_every
         self.optimizer.zero_grad(set_to_none=True)
         if every and self.step % every == 0:  # a backward per side instead of one backward: same cost
@@ -225,9 +257,9 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         if vectors is not None:
-            vectors[0][idx] = out.query_proj.detach().float().cpu().numpy()
-            vectors[1][idx] = out.pos_proj.detach().float().cpu().numpy()
-            vectors[1][negatives[idx]] = out.neg_proj.detach().float().cpu().numpy()
+            vectors[0][idx] = self.mining_space(out.query_proj.detach().float().cpu().numpy())
+            vectors[1][idx] = self.mining_space(out.pos_proj.detach().float().cpu().numpy())
+            vectors[1][negatives[idx]] = self.mining_space(out.neg_proj.detach().float().cpu().numpy())
         recorder.log_metrics(metrics, self.step)
         self.epoch_sums["epoch/loss/total"] += value
         self.epoch_sums["epoch/grad_norm/total"] += metrics["grad_norm/total"]
@@ -277,6 +309,7 @@ class Trainer:
             )
             desc = f"{cfg.model.sharing} seed {cfg.seed} epoch {epoch}/{cfg.train.epochs}"
             self.epoch_sums = dict.fromkeys(EPOCH_MEANS, 0.0)
+            self.epoch_copies = 0
             bar = tqdm(batches, desc=desc, unit="step", leave=False, disable=None)
             for idx in bar:  # with reuse, the steps update `vectors` in place (mining is done with them)
                 loss = self.train_step(idx, negs.index, recorder, vectors if reuse else None)
@@ -289,6 +322,8 @@ class Trainer:
                 "time/negative_refresh_s": refresh,
             }
             times.update({k: v / len(batches) for k, v in self.epoch_sums.items()})
+            if cfg.train.loss == "contrastive":  # as the mining counts the copies it passes over
+                times["neg/inbatch_copies_masked"] = float(self.epoch_copies)
             if cfg.train.grad_clip is not None:  # share of the steps so far that were clipped
                 times["grad/clipped_share"] = self.clipped_steps / max(1, self.step)
             recorder.log_metrics({**negs.stats(), **times}, step=epoch)

@@ -9,7 +9,7 @@ import torch
 
 from ablation.training.diagnostics import backward_by_side, checksums, encoder_distance, grad_norms, param_counts
 from models.arms import ARMS
-from models.loss import TripletPairLoss
+from models.losses.triplet import TripletPairLoss
 from tests.conftest import tiny_biencoder as _model
 from tests.conftest import token_batch as _batch
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.data.run_data import RunData, load_run_data
@@ -201,3 +202,65 @@ def test_bf16_trains_under_cpu_autocast_where_the_cpu_has_it(data: RunData) -> N
     assert trainer.result.losses != fp32.result.losses  # it did compute in bf16
     assert trainer.result.losses[0] == pytest.approx(fp32.result.losses[0], rel=0.05)  # and the same thing
     assert rec.tags["precision"].startswith("bf16 autocast (CPU, ")
+
+
+def _normalised(texts: list[str]) -> list[str]:
+    return [" ".join(t.split()) for t in texts]
+
+
+def test_contrastive_batches_leave_out_copies_of_the_counter_and_the_query(data: RunData) -> None:
+    """The fixture cross-lists a debate and repeats a pair, so with the whole split in one batch copies of
+    a query's counter and of the query itself are among its in-batch candidates: the mask marks exactly
+    those, it is counted per step and per epoch, and dropping it would change the loss."""
+    cfg = smoke_config(**{"train.loss": "contrastive", "train.batch_size": 64, "train.epochs": 1})
+    trainer, rec = _fit(cfg, data)
+    split, n = data.train.split, data.train.split.n
+    texts = _normalised(split.candidate_texts)
+    idx = np.arange(n)
+    negatives = np.random.default_rng(0).integers(0, 2 * n, n)
+    copies = trainer.copies(idx, negatives)
+    cands = np.concatenate([idx, negatives[idx]])
+    expected = np.array(
+        [[j != i and texts[c] in (texts[q], texts[n + q]) for j, c in enumerate(cands)] for i, q in enumerate(idx)]
+    )
+    assert copies.shape == (n, 2 * n) and np.array_equal(copies, expected) and copies.sum() > 0
+    masked = [v for _, v in rec.history("batch/copies_masked")]
+    assert len(masked) == len(trainer.result.losses) and sum(masked) > 0
+    assert rec.history("neg/inbatch_copies_masked") == [(1, sum(masked))]
+    q, p, neg = (
+        {k: torch.as_tensor(v) for k, v in b.items()}
+        for b in (
+            trainer.texts(data.train)[0].batch(idx),
+            trainer.texts(data.train)[1].batch(idx),
+            trainer.texts(data.train)[1].batch(negatives[idx]),
+        )
+    )
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer.model(q, p, neg)
+        with_mask = float(trainer.loss_fn(out, torch.from_numpy(copies))["contrastive"])
+        without = float(trainer.loss_fn(out)["contrastive"])
+    assert with_mask < without  # copies score like the target: counted as negatives they raise the loss
+
+
+@pytest.mark.parametrize(("loss", "similarity"), [("triplet", "l2"), ("contrastive", "cosine")])
+def test_retrieval_and_mining_use_the_similarity_the_loss_trains(data: RunData, loss: str, similarity: str) -> None:
+    from ablation.evaluation.ranking import evaluate_scores, score_matrix
+    from ablation.evaluation.trained import encode_sides
+
+    cfg = smoke_config(**{"train.loss": loss, "train.epochs": 1})
+    trainer = Trainer(cfg, data)
+    mined = trainer.encode_training_split(init_heads=True)
+    norms = np.linalg.norm(mined[1], axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == (similarity == "cosine")  # unit vectors: L2 ranks as cosine
+    q, c = encode_sides(trainer.model, *trainer.texts(data.val), 32, trainer.device)
+    by = {
+        m: evaluate_scores(data.val.split, score_matrix(q["proj"], c["proj"], m)).metrics["retrieval/mrr/mean"]
+        for m in ("l2", "cosine")
+    }
+    assert by["l2"] != by["cosine"]  # the test can tell them apart
+    _, rec = _fit(cfg, data)
+    assert rec.tags["similarity"] == similarity
+    assert rec.history("val/retrieval/mrr/mean")[0] == (0, pytest.approx(by[similarity], abs=1e-9))
+    assert rec.params["train.loss"] == loss
+    assert len(rec.history(f"loss/{loss}")) == len(rec.history("loss/total")) > 0

@@ -1,0 +1,1 @@
+"""Similarity losses, one file each; `registry` names them for `train.loss`."""
