@@ -14,6 +14,7 @@ import yaml
 from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
+from ablation.report.anchors import anchors_section, anchors_table
 from ablation.report.figures import report_figures
 from ablation.report.findings import (
     comparison_section,
@@ -206,8 +207,11 @@ def build_report(
             "that are adjusted for the number of comparisons (they exclude 0 exactly when a difference is "
             "called); details in the comparison below.",
         ).p(answer),
-        _header(runs, arms),
     ]
+    anchors = anchors_table({"": table}, arms, (runs.config.get("model") or {}).get("max_length"))
+    if anchors is not None:
+        sections.append(anchors_section(anchors))
+    sections.append(_header(runs, arms))
     notes = _missing(runs, arms, seeds) + runs.warnings
     if notes:
         sections.append(

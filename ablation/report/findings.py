@@ -13,7 +13,7 @@ from ablation.report.render import Section, Table
 from ablation.report.stats import MIN_SEEDS, Comparison, describe, detectable
 
 
-def _comparison(row: pd.Series) -> Comparison:
+def as_comparison(row: pd.Series) -> Comparison:
     return Comparison(
         row["diff"],
         row["ci_low"],
@@ -50,11 +50,37 @@ def _against(c: Comparison) -> str:
     return f"beats it by {c.diff:.3f}" if c.diff > 0 else f"loses {-c.diff:.3f} to it"
 
 
+def beats_untrained(parts: list[tuple[str, Comparison]], n_queries: int, slice_: str = "unseen") -> str:
+    """The sentence a reader asks for first: whether any trained arm beats the untrained encoder on the
+    slice, and which; where the seed variance is unknown, that it was not tested. `parts`: (arm label, its
+    comparison against zero-shot on that slice)."""
+    where = _slice_words(slice_, n_queries)
+    if not parts:
+        return f"Whether training beats the untrained encoder on {where} was not measured (no zero-shot run)."
+    if not any(c.seed_variance_known for _, c in parts):
+        seeds = min(c.n_seeds for _, c in parts)
+        return (
+            f"Whether a trained arm beats the untrained encoder on {where} is not tested ({seeds} seed(s); "
+            f"{MIN_SEEDS} needed)."
+        )
+    better = [(a, c) for a, c in parts if c.significant and c.diff > 0]
+    if not better:
+        return f"No trained arm beats the untrained encoder on {where}."
+    verb = "beats" if len(better) == 1 else "beat"
+    return (
+        " and ".join(a for a, _ in better)
+        + f" {verb} the untrained encoder on {where}: "
+        + "; ".join(f"{a} {_effect(c)}" for a, c in better)
+        + "."
+    )
+
+
 def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) -> str:
-    """The answer as a paragraph that cannot be misread: the question, the sharing effect on the objective's
-    metric on all and unseen queries with the intervals that make the call, each arm against the untrained
-    encoder on the same queries, the plain reading, and a size caveat where the study is too small to detect
-    the effect it measured. The same text is the MLflow experiment's and study run's description."""
+    """The answer as a paragraph that cannot be misread: first whether any trained arm beats the untrained
+    encoder on unseen queries, then the plain reading, then the question with the sharing effect on the
+    objective's metric on all and unseen queries (with the intervals that make the call), each arm against
+    the untrained encoder on the same queries, and a size caveat where the study is too small to detect the
+    effect it measured. The same text is the MLflow experiment's and study run's description."""
     if comp.empty or len(arms) < 2:
         return "No verdict: fewer than two arms have finished final runs with per-query results."
     ref = arms[0]
@@ -67,7 +93,7 @@ def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) ->
     zero = zs.set_index(["arm", "slice"]) if not zs.empty else pd.DataFrame()
     sentences, readings, caveats = [question], [], []
     for arm in arms[1:]:
-        rows = {sl: _comparison(head.loc[(arm, sl)]) for sl in ("all", "unseen") if (arm, sl) in head.index}
+        rows = {sl: as_comparison(head.loc[(arm, sl)]) for sl in ("all", "unseen") if (arm, sl) in head.index}
         if not rows:
             continue
         sentences.append(
@@ -95,11 +121,14 @@ def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) ->
                     if not math.isnan(mde)
                     else f"on {where} the seed variance is unknown"
                 )
+    first = ""
     if not zero.empty:
         for sl in ("all", "unseen"):
-            parts = [(a, _comparison(zero.loc[(a, sl)])) for a in arms if (a, sl) in zero.index]
+            parts = [(a, as_comparison(zero.loc[(a, sl)])) for a in arms if (a, sl) in zero.index]
             if not parts:
                 continue
+            if sl == "unseen":
+                first = beats_untrained(parts, parts[0][1].n_queries) + " "
             sentences.append(
                 f"Against the untrained encoder on {_slice_words(sl, parts[0][1].n_queries)}: "
                 + "; ".join(f"{a} − zero-shot {_effect(c)}" for a, c in parts)
@@ -108,15 +137,17 @@ def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) ->
             better = [a for a, c in parts if c.significant and c.diff > 0]
             worse = [(a, c) for a, c in parts if c.significant and c.diff < 0]
             where = "unseen queries" if sl == "unseen" else "all queries"
-            if not better:
-                first = "neither arm beats" if len(parts) == 2 else "no arm beats"
+            if not any(c.seed_variance_known for _, c in parts):
+                readings.append(f"against the untrained encoder on {where} nothing is tested with so few seeds")
+            elif not better:
+                none = "neither arm beats" if len(parts) == 2 else "no arm beats"
                 readings.append(
-                    f"{first} the untrained encoder on {where}"
+                    f"{none} the untrained encoder on {where}"
                     + "".join(f"; {a} loses {-c.diff:.3f} to it" for a, c in worse)
                 )
             else:
                 readings.append("; ".join(f"{a} {_against(c)} on {where}" for a, c in parts))
-    text = " ".join(sentences) + " Reading: " + "; ".join(readings) + "."
+    text = first + "Reading: " + "; ".join(readings) + ". " + " ".join(sentences)
     if caveats:
         text += " Size: this study is too small to settle the question: " + "; ".join(caveats) + "."
     return text
@@ -195,7 +226,7 @@ def zero_shot_section(runs: StudyRuns, zs: pd.DataFrame, arms: list[str]) -> Sec
         s.items(
             [
                 f"{r.arm} − zero-shot, mean test retrieval acc@1 on {_slice_words(r.slice, r.n_queries)}: "
-                f"{describe(_comparison(pd.Series(r._asdict())))}" + (" (significant)" if r.significant else "")
+                f"{describe(as_comparison(pd.Series(r._asdict())))}" + (" (significant)" if r.significant else "")
                 for r in zs.itertuples()
             ]
         )

@@ -11,12 +11,14 @@ import pandas as pd
 
 from ablation.data.tasks import TASKS
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
+from ablation.report.anchors import anchors_section, anchors_table
 from ablation.report.build import ReportPaths, build_report
-from ablation.report.findings import SIDES
+from ablation.report.findings import SIDES, as_comparison, beats_untrained
 from ablation.report.levels import find_sweep, level_order
 from ablation.report.publish import VIEW_COLUMNS
 from ablation.report.reader import read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
+from ablation.report.stats import MIN_SEEDS
 from ablation.report.sweep_figure import sweep_figure
 from ablation.report.sweep_stats import LevelRuns, arm_means, sweep_comparisons
 from ablation.report.tables import summary
@@ -38,45 +40,60 @@ def _fmt(r: pd.Series) -> str:
     return f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
 
 
+def _beats_first(rows: pd.DataFrame, sizes: dict[str, int]) -> str:
+    """Whether any (arm, level) beats the untrained encoder on unseen queries, and which."""
+    zs = rows[(rows["kind"] == "zero-shot") & (rows["slice"] == "unseen")]
+    parts = [(f"{r['arm']} at {r['level']}", as_comparison(r)) for _, r in zs.iterrows()]
+    return beats_untrained(parts, sizes.get("unseen", 0))
+
+
 def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[str, int]) -> str:
-    """The sweep's answer in one paragraph: the effect per level with the interval that makes the call,
-    each arm against zero-shot per level, and the interaction rows."""
+    """The sweep's answer in one paragraph: first whether any trained arm beats the untrained encoder on
+    unseen queries, then the plain reading, then each arm's effect against the first per level with the
+    interval that makes the call, the interaction rows, and each arm against zero-shot per level."""
     if rows.empty or len(arms) < 2:
         return "No verdict: no level has finished final runs of two arms with per-query results."
-    ref, arm = arms[0], arms[1]
+    ref = arms[0]
+    others = " and ".join(f"{a} ({SIDES.get(a, a)})" for a in arms[1:])
     text = [
-        f"Question: does the effect of {arm} ({SIDES.get(arm, arm)}) against {ref} ({SIDES.get(ref, ref)}) change "
+        f"Question: does the effect of {others} against {ref} ({SIDES.get(ref, ref)}) change "
         f"with {axis}? Mean retrieval acc@1 over the 8 test tasks, paired by seed and query; intervals are 95 % "
         "Holm-adjusted (arm effects and interactions one family, the rows against zero-shot another)."
     ]
     readings = []
+    tested = bool(rows["n_seeds"].min() >= MIN_SEEDS)
     for slice_ in ("all", "unseen"):
-        eff = rows[(rows["kind"] == "effect") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
-        if eff.empty:
-            continue
         where = f"all {sizes.get('all', 0)} test queries" if slice_ == "all" else f"the {sizes.get('unseen', 0)} unseen"
-        text.append(
-            f"{arm} − {ref} on {where}: " + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in eff.iterrows()) + "."
-        )
-        for _, r in eff.iterrows():
-            if r["significant"]:
-                better = arm if r["diff"] > 0 else ref
-                readings.append(f"{better} wins at {r['level']} on {slice_} queries by {abs(r['diff']):.3f}")
-        inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
-        if not inter.empty:
+        for arm in arms[1:]:
+            eff = rows[(rows["kind"] == "effect") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+            if eff.empty:
+                continue
             text.append(
-                f"Interaction (effect at a level minus effect at the first) on {slice_} queries: "
+                f"{arm} − {ref} on {where}: " + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in eff.iterrows()) + "."
+            )
+            for _, r in eff.iterrows():
+                if r["significant"]:
+                    better, worse = (arm, ref) if r["diff"] > 0 else (ref, arm)
+                    readings.append(
+                        f"{better} beats {worse} at {r['level']} on {slice_} queries by {abs(r['diff']):.3f}"
+                    )
+            inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+            if inter.empty:
+                continue
+            text.append(
+                f"Interaction of {arm} − {ref} (effect at a level minus effect at the first) on {slice_} queries: "
                 + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in inter.iterrows())
                 + "."
             )
             called = inter[inter["significant"]]
-            readings.append(
-                f"the effect changes with {axis} on {slice_} queries ("
-                + ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
-                + ")"
-                if not called.empty
-                else f"no change of the effect with {axis} is detected on {slice_} queries"
-            )
+            if not called.empty:
+                readings.append(
+                    f"the effect of {arm} changes with {axis} on {slice_} queries ("
+                    + ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
+                    + ")"
+                )
+            elif tested:
+                readings.append(f"no change of the effect of {arm} with {axis} is detected on {slice_} queries")
         zs = rows[(rows["kind"] == "zero-shot") & (rows["slice"] == slice_)]
         if not zs.empty:
             text.append(
@@ -85,17 +102,23 @@ def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[st
                 + "."
             )
             above = zs[zs["significant"] & (zs["diff"] > 0)]
-            readings.append(
-                f"on {slice_} queries only "
-                + " and ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
-                + (" beats" if len(above) == 1 else " beat")
-                + " the untrained encoder"
-                if not above.empty
-                else f"no arm at any level beats the untrained encoder on {slice_} queries"
-            )
-    if not readings:
+            if not above.empty:
+                readings.append(
+                    f"on {slice_} queries "
+                    + " and ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
+                    + (" beats" if len(above) == 1 else " beat")
+                    + " the untrained encoder"
+                )
+            elif tested:
+                readings.append(f"no arm at any level beats the untrained encoder on {slice_} queries")
+    if not tested:
+        readings.append(
+            f"nothing is tested: {int(rows['n_seeds'].min())} seed(s) per arm, {MIN_SEEDS} needed to estimate "
+            "the seed variance"
+        )
+    elif not readings:
         readings.append("no difference is called at any level")
-    return " ".join(text) + " Reading: " + "; ".join(readings) + "."
+    return _beats_first(rows, sizes) + " Reading: " + "; ".join(readings) + ". " + " ".join(text)
 
 
 def _task_table(levels: list[LevelRuns], arms: list[str]) -> Table:
@@ -147,8 +170,14 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     sizes = {s: int(rows[rows["slice"] == s]["n_queries"].max()) for s in ("all", "unseen") if not rows.empty}
     answer = sweep_verdict(rows, arms, axis, sizes)
     fig = sweep_figure(rows, means, arms, [lv.label for lv in levels], axis)
+    length = (levels[0].runs.config.get("model") or {}).get("max_length") if levels else None
     sections = [
         Section("Verdict", "The arm effect at each level and whether it changes with the level.").p(answer),
+        *(
+            [anchors_section(anchors)]
+            if (anchors := anchors_table({lv.label: summary(lv.runs, arms) for lv in levels}, arms, length))
+            else []
+        ),
         Section(
             "Levels",
             "Each level is a complete study with the same budget; its own report is linked below.",

@@ -50,7 +50,10 @@ def test_the_quick_studys_numbers_read_as_what_they_mean() -> None:
         ]
     )
     text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
-    assert text.startswith("Question: does shared (one encoder shared")
+    # first what a reader asks first: does training beat the untrained encoder on unseen queries; then the
+    # plain reading; then the question and its numbers
+    assert text.startswith("No trained arm beats the untrained encoder on the 783 unseen test queries")
+    assert text.index("Reading: ") < text.index("Question: does shared (one encoder shared")
     assert "shared beats unshared by 0.122 on the 783 unseen test queries" in text
     assert "no difference between unshared and shared is detected on all 1,401 test queries" in text
     assert "neither arm beats the untrained encoder on unseen queries; unshared loses 0.118 to it" in text
@@ -94,3 +97,28 @@ def test_pruned_trials_show_at_their_last_value_and_a_noisy_choice_is_named() ->
     notes = tuning_notes(StudyRuns("s", {}, None, frame), ["shared"], "val/retrieval/acc_at_1/mean")
     assert len(notes) == 2 and "ahead of the runner-up (0.4674) by 0.0040, less than the seed-to-seed sd" in notes[0]
     assert "pruned trial(s) had reached 0.4800, past the chosen 0.4714" in notes[1]
+
+
+def test_the_first_sentence_names_the_arms_that_beat_the_untrained_encoder_on_unseen_queries() -> None:
+    comp = pd.DataFrame([_row("unshared", "shared", sl, -0.01, 0.03, 0.7, 0.9) for sl in ("all", "unseen")])
+    zs = pd.DataFrame(
+        [
+            _row("shared", "zero-shot", "unseen", 0.05, 0.01, 0.0001, 0.0004, family="zero-shot"),
+            _row("unshared", "zero-shot", "unseen", 0.04, 0.01, 0.0002, 0.0006, family="zero-shot"),
+        ]
+    )
+    text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
+    assert text.startswith("shared and unshared beat the untrained encoder on the 783 unseen test queries")
+    zs.loc[1, ["p_adjusted", "significant"]] = [0.2, False]
+    text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
+    assert text.startswith(
+        "shared beats the untrained encoder on the 783 unseen test queries (neither text in "
+        "training): shared +0.050 (adjusted 95 % CI"
+    )
+    zs["n_seeds"] = 2
+    text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
+    assert text.startswith(
+        "Whether a trained arm beats the untrained encoder on the 783 unseen test queries "
+        "(neither text in training) is not tested (2 seed(s); 3 needed)."
+    )
+    assert "nothing is tested with so few seeds" in text and "neither arm beats" not in text

@@ -28,11 +28,18 @@ def _per_query(rng: np.random.Generator, logit: np.ndarray, unseen: np.ndarray) 
     )
 
 
-def _level(rng: np.random.Generator, label: str, base: np.ndarray, effect: float, zero: bool) -> LevelRuns:
-    """A level whose second arm is `effect` (logit) above the first, with a seed effect per run."""
+def _level(
+    rng: np.random.Generator,
+    label: str,
+    base: np.ndarray,
+    effect: float,
+    zero: bool,
+    arms: tuple[str, ...] | list[str] = ("shared", "unshared"),
+) -> LevelRuns:
+    """A level whose other arms are `effect` (logit) above the first, with a seed effect per run."""
     unseen = np.arange(QUERIES) % 3 == 0
     per_query = {}
-    for arm, shift in (("shared", 0.0), ("unshared", effect)):
+    for arm, shift in ((a, 0.0 if i == 0 else effect) for i, a in enumerate(arms)):
         for seed in range(1, SEEDS + 1):
             per_query[(arm, str(seed))] = _per_query(rng, base + shift + rng.normal(0, 0.1), unseen)
     if zero:
@@ -85,7 +92,30 @@ def test_the_sweep_verdict_names_every_level_in_order_and_the_interaction() -> N
     levels = [_level(rng, "a", base, 0.0, True), _level(rng, "b", base, -1.5, False)]
     rows = sweep_comparisons(levels, ["shared", "unshared"])
     text = sweep_verdict(rows, ["shared", "unshared"], "model.freeze_layers", {"all": QUERIES, "unseen": 50})
-    assert text.startswith("Question: does the effect of unshared (separate towers) against shared")
+    assert text.startswith("No trained arm beats the untrained encoder on the 50 unseen test queries")
+    assert text.index("Reading: ") < text.index("Question: does the effect of unshared (separate towers) against")
     assert text.index("unshared − shared on all 150 test queries: a ") < text.index("; b ")
-    assert "Interaction (effect at a level minus effect at the first) on all queries: b vs a -0." in text
-    assert "shared wins at b on all queries by 0." in text and "the effect changes with model.freeze_layers" in text
+    assert (
+        "Interaction of unshared − shared (effect at a level minus effect at the first) on all queries: b vs a -0."
+        in text
+    )
+    assert "shared beats unshared at b on all queries by 0." in text
+    assert "the effect of unshared changes with model.freeze_layers" in text
+
+
+def test_the_sweep_verdict_covers_every_arm_and_says_not_tested_with_too_few_seeds() -> None:
+    from ablation.report.sweep import sweep_verdict
+
+    rng = np.random.default_rng(6)
+    base = rng.normal(0, 1.0, QUERIES)
+    arms = ["shared", "unshared", "shared_projection"]
+    levels = [_level(rng, "a", base, 0.0, True, arms), _level(rng, "b", base, -1.5, False, arms)]
+    rows = sweep_comparisons(levels, arms)
+    text = sweep_verdict(rows, arms, "train.loss", {"all": QUERIES, "unseen": 50})
+    assert "shared_projection − shared on all 150 test queries: a " in text
+    assert "Interaction of shared_projection − shared" in text and "Interaction of unshared − shared" in text
+    few = rows.assign(n_seeds=2, significant=False)
+    text = sweep_verdict(few, arms, "train.loss", {"all": QUERIES, "unseen": 50})
+    assert text.startswith("Whether a trained arm beats the untrained encoder on the 50 unseen test queries")
+    assert "is not tested (2 seed(s); 3 needed)" in text and "nothing is tested: 2 seed(s) per arm" in text
+    assert "no change" not in text and "no arm at any level beats" not in text

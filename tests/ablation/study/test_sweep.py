@@ -119,7 +119,10 @@ def test_a_sweep_of_two_levels_resumes_after_a_kill_in_level_2_and_reports_per_l
     for name in studies:
         assert "zero-shot" in (out / name / "report.md").read_text()  # level 2 borrows level 1's reference
     text = (out / "report.md").read_text()
-    assert "Interaction (effect at a level minus effect at the first)" in text and (out / "sweep.png").stat().st_size
+    assert (
+        "Interaction of unshared − shared (effect at a level minus effect at the first)" in text
+        and (out / "sweep.png").stat().st_size
+    )
     table = pd.read_csv(out / "summary.csv")
     kinds = table.groupby("kind").size().to_dict()
     assert kinds == {"effect": 4, "interaction": 2, "zero-shot": 8, "mean": 12}
@@ -138,3 +141,38 @@ def test_a_sweep_of_two_levels_resumes_after_a_kill_in_level_2_and_reports_per_l
     )
     assert refused.returncode == 2 and "study 'smoke' was started" in refused.stderr, refused.stderr[-2000:]
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
+
+
+@pytest.mark.slow
+def test_a_smoke_sweep_over_the_loss_trains_each_level_with_its_own_similarity(corpus: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [*FIXTURE, "study.n_trials=1", "study.seeds=[1, 2, 3]", "study.zero_shot=true", "train.epochs=1"]
+    sets += ["study.arms=[shared, unshared, shared_projection]", "study.sweep={train.loss: [triplet, contrastive]}"]
+    args = ["run", "--config", str(SMOKE), "--corpus", str(corpus), "--tracking-uri", uri]
+    args += ["--run-dir", str(tmp_path / "run"), "--no-report"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["report", "--study", "smoke", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    finals = [r for r in runs if r.data.tags["role"] == "final"]
+    assert len(finals) == 2 * 3 * 3 and all(r.info.status == "FINISHED" for r in finals)
+    for r in finals:
+        loss = r.data.params["train.loss"]
+        assert r.data.tags["study"] == f"smoke.loss-{loss}" and r.data.tags["level"] == f"loss={loss}"
+        assert r.data.tags["similarity"] == {"triplet": "l2", "contrastive": "cosine"}[loss]
+        assert (f"loss/{loss}" in r.data.metrics) and ("neg/inbatch_copies_masked" in r.data.metrics) == (
+            loss == "contrastive"
+        )
+    assert len([r for r in runs if r.data.tags["role"] == "zero-shot"]) == 1  # the loss does not change its input
+    text = (tmp_path / "report" / "report.md").read_text()
+    verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
+    assert "the untrained encoder on the" in verdict.split(". ", 1)[0]  # the first sentence answers it
+    for arm in ("unshared", "shared_projection"):
+        assert f"Interaction of {arm} − shared (effect at a level minus effect at the first)" in verdict
+    assert "## Against the published results" in text and "Wachsmuth et al. 2018" in text
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert table[table["kind"] == "interaction"].groupby("arm").size().to_dict() == {
+        "shared_projection": 2,
+        "unshared": 2,
+    }
