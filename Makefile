@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-fast ablation depth smoke report ui bench gpu-check services dashboard data-stats zero-shot clean
+.PHONY: help install lint format test test-fast ablation depth recipe smoke report ui bench gpu-check services dashboard data-stats zero-shot clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ ablation: $(VENV)/.installed ## run the study in EXPERIMENT (default quick) with
 
 depth: $(VENV)/.installed ## the depth sweep (experiments/depth.yaml: shared vs unshared at 5, 3 and 0 frozen layers) with WORKERS workers, then its report
 	$(PY) -m ablation run --config experiments/depth.yaml --workers $(WORKERS) $(ARGS)
+
+recipe: $(VENV)/.installed ## the loss sweep (experiments/recipe.yaml: shared, unshared, shared_projection under the triplet and the in-batch contrastive loss, 128 tokens) with WORKERS workers, then its report
+	$(PY) -m ablation run --config experiments/recipe.yaml --workers $(WORKERS) $(ARGS)
 
 smoke: $(VENV)/.installed ## the smoke study (tiny random BERT, seconds)
 	$(PY) -m ablation run --config experiments/smoke.yaml

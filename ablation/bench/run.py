@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ablation.bench.flops import step_rates
 from ablation.bench.measures import (
     QUICK,
     evaluation_speedup,
@@ -26,6 +27,8 @@ from ablation.data.corpus import read_split, resolve_corpus
 from ablation.data.run_data import load_run_data
 from ablation.io import REPO_ROOT, write_text_atomic
 from ablation.runtime import describe_device
+
+RECIPE = REPO_ROOT / "experiments" / "recipe.yaml"
 
 
 def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = False) -> dict:
@@ -47,6 +50,8 @@ def run_bench(corpus: str | None = None, out: str | None = None, quick: bool = F
             cfg, data, full_test, (128, 256) if quick else (128, 256, 512), 96 if quick else 192
         ),
     ]
+    recipe = replace_path(load_config(RECIPE, [f"train.max_train_queries={64 if quick else 256}"]), "study.sweep", {})
+    measures.append(lambda: step_rates(recipe, load_run_data(recipe, corpus), 3 if quick else 8))
     if not quick:
         measures += [lambda: study_wall_times(corpus), lambda: peak_memory(corpus)]
     for measure in measures:

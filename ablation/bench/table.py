@@ -14,6 +14,8 @@ GOALS: dict[str, str] = {
     "P8": "bf16 under CPU autocast: a quick step at least 1.6x faster than fp32 on CPUs with AVX-512 BF16 or AMX",
     "P7": "the frozen-prefix cache: a quick trial at least 2x faster, encoding the test split at least 2.5x, "
     "checking its digests at most 2% of a trial",
+    "P9": "a training step at 128 tokens under each loss, and its FLOP rate against the same machine's matmul rate "
+    "(goal: at least 0.5 in bf16)",
     "threads": "workers that split the cores between them (the runner's default) vs each using every core",
     "tests": "the tests marked `device` pass on the device that `make gpu-check` names",
     "repeat": "one quick trial trained twice under one seed gives the same losses and validation metrics",
@@ -119,6 +121,22 @@ def _row(r: dict) -> tuple[str, str, str, str]:
             f"fp32 vs {r['bf16_step_s']:.3f} s bf16 (median of {r['steps']} interleaved){trial}",
             f"{r['ratio']:.2f}×",
             f"≥ 1.6×: {'yes' if r['met'] else 'no'}",
+        )
+    if rid == "P9":
+        parts = []
+        for precision, v in r["by_precision"].items():
+            parts.append(
+                f"{precision}: triplet {v['step_s']['triplet']:.2f} s, contrastive {v['step_s']['contrastive']:.2f} s "
+                f"({v['contrastive_over_triplet']:.2f}×); {v['step_gflops_per_s']['triplet']:.0f} GFLOP/s against a "
+                f"{v['matmul_gflops_per_s']:.0f} GFLOP/s matmul ({v['share_of_matmul']['triplet']:.2f})"
+            )
+        shares = "/".join(f"{v['share_of_matmul']['triplet']:.2f}" for v in r["by_precision"].values())
+        return (
+            rid,
+            f"step of {r['batch_size']} × 3 texts of {r['max_length']} tokens, {r['frozen_layers']} layers frozen, "
+            f"{r['torch_threads']} threads — " + "; ".join(parts),
+            shares,
+            f"≥ {0.5} in bf16: {_yes(r)}",
         )
     if rid == "tests":
         return (rid, f"tests marked `device` on {r['device']}: {r['summary']}", f"{r['seconds']:.0f} s", _yes(r))
