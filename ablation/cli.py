@@ -24,6 +24,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(UserError.exit_code)
 
 
+def _workers(text: str) -> int | str:
+    """An argparse type: `auto` or an integer of at least 1."""
+    return text if text == "auto" else _positive(text)
+
+
 def _positive(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:
@@ -141,7 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ablation.config import load_config
     from ablation.report.sweep import build_study_or_sweep
     from ablation.runtime import INTERRUPTS
-    from ablation.study.runner import StudyIncomplete, run_study
+    from ablation.study.runner import StudyIncomplete, run_study, workers_for
     from ablation.study.sweep_run import run_sweep
     from ablation.tracking.store import resolve_tracking_uri
 
@@ -149,8 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     INTERRUPTS.install()  # SIGINT, SIGTERM and SIGHUP end the open runs KILLED
     code = 0
     run = run_sweep if cfg.study.sweep else run_study
+    workers = workers_for(cfg, os.cpu_count() or 1) if args.workers == "auto" else args.workers
     try:
-        print(run(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=args.workers))
+        print(run(cfg, corpus=args.corpus, tracking_uri=args.tracking_uri, run_dir=args.run_dir, workers=workers))
     except StudyIncomplete as exc:  # not bad input: the work stopped short; the report says what is missing
         print(f"error: {exc}", file=sys.stderr)
         code = 1
@@ -311,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common_tracking(p)
     p.add_argument("--config", required=True, help="experiment YAML")
     p.add_argument("--run-dir", help="working files (Optuna journal, logs); default runs/<study>")
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes on the same studies")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes on the same studies; auto: as many as train.threads fit in the cores (CPU), 1 (GPU)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     commands["run"] = _cmd_run

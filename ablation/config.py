@@ -97,6 +97,9 @@ class TrainConfig(_Section):
     grad_clip: Annotated[float, Field(ge=0.0)] | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast: bf16 on CUDA or a CPU with AVX-512 BF16/AMX
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch threads per run: a study-wide setting, since torch's CPU reductions sum in an order that depends
+    # on the thread count; `--workers` then fills the cores with processes, never changing a number
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
     max_train_queries: Annotated[StrictInt, Field(ge=1)] | None = None
     grad_cosine_every: Annotated[StrictInt, Field(ge=0)] = 10  # 0: never
     # the similarity loss: the seed's triplet loss (L2) or the in-batch contrastive loss (cosine); both add
@@ -264,8 +267,15 @@ def shared_settings(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], most: int = 3) -> list[str]:
-    """`key: a there, b here` for the first `most` settings that differ."""
-    keys = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k, "—") != current.get(k, "—"))
+    """`key: a there, b here` for the first `most` settings that differ. A setting added to the harness after
+    a study was recorded, and left at its default, is no difference: the study ran with that default."""
+    defaults = flatten(ExperimentConfig())
+    keys = sorted(
+        k
+        for k in recorded.keys() | current.keys()
+        if recorded.get(k, "—") != current.get(k, "—")
+        and not (k not in recorded and k in defaults and current.get(k) == defaults[k])
+    )
     return [f"{k} is {recorded.get(k, '(unset)')!r} there, {current.get(k, '(unset)')!r} here" for k in keys[:most]]
 
 

@@ -31,7 +31,7 @@ from ablation.config import ExperimentConfig, differences, dump_yaml, shared_set
 from ablation.data.run_data import RunData, load_run_data
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.runtime import INTERRUPTS
+from ablation.runtime import INTERRUPTS, resolve_device
 from ablation.study.context import StudyContext, check_objective, queue_name
 from ablation.study.preflight import preflight
 from ablation.study.progress import Progress
@@ -84,9 +84,9 @@ def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
 
 
 def check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
-    if recorded is None or recorded == settings:
+    diff = "; ".join(differences(recorded, settings)) if recorded is not None else ""
+    if not diff:
         return
-    diff = "; ".join(differences(recorded, settings))
     raise UserError(
         f"study {name!r} was started ({where}) with other settings: {diff}. Use the same config, or another "
         "study.name (only paths, devices and services may differ per machine: see the README)"
@@ -278,11 +278,23 @@ def finish(ctx: StudyContext) -> list[str]:
     return lines
 
 
-def threads_per_worker(workers: int, cores: int) -> int:
-    """Torch threads for each of `workers` processes on `cores` cores: together they use every core and no
-    more. Measured by `make bench` (id `threads`): 2 workers on 2 cores finish quick steps 2.4x sooner with
-    1 thread each than with torch's default of one thread per core each."""
-    return max(1, cores // workers)
+def workers_for(cfg: ExperimentConfig, cores: int) -> int:
+    """`--workers auto`: on the CPU as many processes as `train.threads` fit in the cores (together they use
+    every core and no more: `make bench`, id `threads`, measured 2 workers of 1 thread 2.4x faster on 2 cores
+    than 2 of 2 threads); one on a GPU, which the processes would share."""
+    if resolve_device(cfg.train.device).type == "cuda":
+        return 1
+    return max(1, cores // cfg.train.threads)
+
+
+def oversubscribed(cfg: ExperimentConfig, workers: int, cores: int) -> str | None:
+    """A note where `workers` processes of `train.threads` threads each ask for more threads than cores."""
+    if workers * cfg.train.threads <= cores or resolve_device(cfg.train.device).type == "cuda":
+        return None
+    return (
+        f"note: {workers} worker(s) × train.threads {cfg.train.threads} = {workers * cfg.train.threads} threads on "
+        f"{cores} cores: every run slows down (fewer --workers, or a study with fewer train.threads)"
+    )
 
 
 def run_study(
@@ -298,6 +310,20 @@ def run_study(
     a signal, FAILED with the error otherwise."""
     if workers < 1:
         raise UserError(f"run: --workers must be at least 1, got {workers}")
+    note = oversubscribed(cfg, workers, os.cpu_count() or 1)
+    if note:
+        print(note, file=sys.stderr)
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads)  # the study's numbers depend on it; --workers does not
+    try:
+        return _run_study(cfg, corpus, tracking_uri, run_dir, workers)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _run_study(
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None, workers: int
+) -> str:
     start = time.perf_counter()
     ctx = open_study(cfg, corpus, tracking_uri, run_dir)
     try:
@@ -345,9 +371,8 @@ def end_runs(cfg: ExperimentConfig, tracker: Tracker, runs: list[str], status: s
 def _run_workers(ctx: StudyContext, corpus: str | None, tracking_uri: str | None, workers: int) -> None:
     """`workers` spawned processes sharing the study; a signal to the group reaches them too: they end their
     runs KILLED, then exit; any still alive after 30 s are terminated."""
-    threads = threads_per_worker(workers, os.cpu_count() or 1)
     spawn = mp.get_context("spawn")
-    args = (ctx.cfg, corpus, tracking_uri, str(ctx.run_dir), threads, os.getpid())
+    args = (ctx.cfg, corpus, tracking_uri, str(ctx.run_dir), ctx.cfg.train.threads, os.getpid())
     procs = [spawn.Process(target=_worker_main, args=args) for _ in range(workers)]
     for p in procs:
         p.start()

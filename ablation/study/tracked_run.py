@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import torch
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData, load_run_data
@@ -86,6 +87,7 @@ def train_and_track(cfg: ExperimentConfig, corpus: str | None = None, tracking_u
     """`ablation train`: one arm under one seed as an MLflow run. Bad input leaves no run."""
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     resolve_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.threads)  # as a study's runs do: the numbers depend on it
     check_tracking_uri(uri)
     data = load_run_data(cfg, corpus)
     tags = {NOTE_TAG: describe("final", cfg.model.sharing, cfg.seed)}

@@ -174,6 +174,7 @@ class Trainer:
                 "device": describe_device(self.device),
                 "precision": precision,
                 "similarity": self.similarity,
+                "torch_threads": str(torch.get_num_threads()),
             }
         )
         recorder.log_metrics(dict(self.result.counts), step=0)

@@ -84,3 +84,14 @@ def test_missing_file_and_cli_overrides(tmp_path: Path) -> None:
 def test_shipped_experiments_load(name: str) -> None:
     cfg = load_config(EXPERIMENTS / name)
     assert cfg.study.name == name.removesuffix(".yaml")
+
+
+def test_a_setting_added_after_a_study_was_recorded_differs_only_where_it_leaves_its_default() -> None:
+    from ablation.config import differences, shared_settings
+
+    now = shared_settings(load_config(None))
+    old = {k: v for k, v in now.items() if k not in ("train.loss", "train.threads")}  # a record made before them
+    assert differences(old, now) == []
+    changed = shared_settings(load_config(None, ["train.loss=contrastive"]))
+    assert differences(old, changed) == ["train.loss is '(unset)' there, 'contrastive' here"]
+    assert differences(now, {**now, "train.lr": 1.0}) == ["train.lr is 3e-06 there, 1.0 here"]

@@ -16,7 +16,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from ablation.config import ExperimentConfig, load_config
 from ablation.study.queue import startup_points
-from ablation.study.runner import run_study, threads_per_worker
+from ablation.study.runner import oversubscribed, run_study, workers_for
 from ablation.study.worker import KILL_AFTER_TRIALS
 from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
@@ -132,6 +132,28 @@ def test_three_workers_share_one_study_with_distinct_trials(corpus: Path, tmp_pa
         pids |= {t.user_attrs["pid"] for t in trials}
     assert len(pids) >= 2 and str(os.getpid()) not in pids  # the worker processes did the tuning work
     _check_distinct_points(storage, cfg)
+    # the same config in one process gives the same numbers to the last digit: every run uses the study's
+    # train.threads whatever --workers is (torch's CPU reductions depend on the thread count)
+    one = f"sqlite:///{tmp_path / 'one.db'}"
+    run_study(cfg, corpus=str(corpus), tracking_uri=one, run_dir=str(tmp_path / "one"), workers=1)
+
+    def finals(u: str) -> dict:
+        return {
+            (r.data.tags["arm"], r.data.tags["seed"]): (
+                {k: v for k, v in r.data.metrics.items() if not k.startswith(("time/", "system/"))},
+                {k: v for k, v in r.data.tags.items() if k.startswith(("checksum.", "digest."))},
+                r.data.tags["torch_threads"],
+            )
+            for r in _runs(u)
+            if r.data.tags["role"] == "final"
+        }
+
+    three, single = finals(uri), finals(one)
+    assert len(three) == 4 and three.keys() == single.keys()
+    for key, (metrics, sums, threads) in three.items():
+        assert threads == single[key][2] == "1"
+        assert sums == single[key][1], key
+        assert metrics == single[key][0], key
 
 
 @pytest.mark.slow
@@ -205,10 +227,14 @@ def test_an_unexpected_error_ends_every_open_run_failed_and_prints_one_line(
         main(["--debug", *args])
 
 
-@pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 2, 2), (2, 2, 1), (3, 16, 5), (4, 2, 1)])
-def test_workers_split_the_cores_without_oversubscribing(workers: int, cores: int, threads: int) -> None:
-    assert threads_per_worker(workers, cores) == threads
-    assert threads_per_worker(workers, cores) * workers <= max(cores, workers)
+@pytest.mark.parametrize(("threads", "cores", "workers"), [(1, 2, 2), (2, 2, 1), (3, 16, 5), (4, 2, 1)])
+def test_auto_workers_fill_the_cores_with_the_studys_threads(threads: int, cores: int, workers: int) -> None:
+    cfg = load_config(SMOKE, [f"train.threads={threads}", "train.device=cpu"])
+    assert workers_for(cfg, cores) == workers
+    assert oversubscribed(cfg, workers, cores) is None or threads > cores
+    assert "more threads" not in (oversubscribed(cfg, workers, cores) or "")
+    note = oversubscribed(cfg, workers + 1, cores)
+    assert note is not None and f"{(workers + 1) * threads} threads on {cores} cores" in note
 
 
 def test_an_error_while_setting_up_the_runs_ends_those_that_exist(
