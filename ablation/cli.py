@@ -262,11 +262,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
     from ablation.config import check_name
     from ablation.tracking.store import resolve_tracking_uri
-    from ablation.tracking.view import study_link
+    from ablation.tracking.view import studies, study_link
 
     check_name(args.study, "ui: --study")
     uri = resolve_tracking_uri(args.tracking_uri)
     link = study_link(uri, args.study, f"http://127.0.0.1:{args.port}")
+    if link is None:
+        known = studies(uri)
+        raise UserError(
+            f"ui: no study {args.study!r} at {uri}"
+            + (f" (studies there: {', '.join(known)}; make ui STUDY=<name>)" if known else " (it holds no study yet)")
+        )
     print(f"open {link}", flush=True)
     if "viewStateShareKey" in link:
         print(

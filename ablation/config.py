@@ -36,6 +36,10 @@ __all__ = [
 ]
 
 Seed = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
+Path_ = Annotated[str, Field(max_length=4096)]  # a path or URL: PATH_MAX
+Label = Annotated[str, Field(min_length=1, max_length=256)]  # a name shown in MLflow or a metric key
+MAX_CONFIG_BYTES = 1 << 20  # an experiment YAML is a few hundred bytes; bounded before it is parsed
+MAX_OVERRIDE_CHARS = 4096  # one `--set key=value`
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 NAME_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -48,10 +52,10 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which part of the corpus a run uses."""
 
-    corpus: str | None = None  # directory or .zip; None: --corpus, else ARGUANA_DIR, else data/
-    themes: tuple[str, ...] = ()  # subset by whole themes; empty: all
+    corpus: Path_ | None = None  # directory or .zip; None: --corpus, else ARGUANA_DIR, else data/
+    themes: tuple[Label, ...] = Field(default=(), max_length=100)  # subset by whole themes; empty: all
     max_debates_per_theme: Annotated[StrictInt, Field(ge=1)] | None = None
-    cache_dir: str | None = None  # frozen-prefix caches; None: runs/prefix-cache in the repository
+    cache_dir: Path_ | None = None  # frozen-prefix caches; None: runs/prefix-cache in the repository
 
 
 class TinyBertConfig(_Section):
@@ -72,8 +76,8 @@ class TinyBertConfig(_Section):
 class ModelConfig(_Section):
     """The encoder and its heads; `sharing` picks the ablation arm."""
 
-    name: str = "all-MiniLM-L6-v2"  # HF id, local path, or "tiny-random"
-    sharing: str = "shared"
+    name: Path_ = "all-MiniLM-L6-v2"  # HF id, local path, or "tiny-random"
+    sharing: Label = "shared"
     pooling: Literal["mean", "cls", "pooler"] = "mean"
     max_length: Annotated[StrictInt, Field(ge=8, le=512)] = 128
     proj_dim: Annotated[StrictInt, Field(ge=1)] = 128
@@ -96,7 +100,7 @@ class TrainConfig(_Section):
     warmup_steps: Annotated[StrictInt, Field(ge=0)] = 0
     grad_clip: Annotated[float, Field(ge=0.0)] | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast: bf16 on CUDA or a CPU with AVX-512 BF16/AMX
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: Label = "auto"  # auto | cpu | cuda | cuda:N
     # torch threads per run: a study-wide setting, since torch's CPU reductions sum in an order that depends
     # on the thread count; `--workers` then fills the cores with processes, never changing a number
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
@@ -123,7 +127,7 @@ class NegativesConfig(_Section):
 class EvalConfig(_Section):
     """What validation and test evaluation compute."""
 
-    ks: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(default=(1, 5, 10), min_length=1)
+    ks: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(default=(1, 5, 10), min_length=1, max_length=20)
     rerank_k: Annotated[StrictInt, Field(ge=1)] = 10
     val_tasks: tuple[Literal[TASKS], ...] = Field(default=TASKS, min_length=1)  # type: ignore[valid-type]
     batch_size: Annotated[StrictInt, Field(ge=1)] = 64
@@ -133,8 +137,8 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     """Where MLflow writes; --tracking-uri and MLFLOW_TRACKING_URI take precedence."""
 
-    uri: str | None = None
-    experiment: str | None = None  # default: the study name
+    uri: Path_ | None = None
+    experiment: Label | None = None  # default: the study name
     system_metrics: StrictBool = True  # CPU, memory (and GPU) of training runs, sampled by MLflow
     system_metrics_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
     # how long a call to the tracking store or the study's database is retried through an outage
@@ -162,11 +166,11 @@ class StudyConfig(_Section):
 
     # a name, never a path: it names the run and report folders and the Optuna studies
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "study"
-    arms: tuple[str, ...] = ("shared", "unshared")
-    n_trials: Annotated[StrictInt, Field(ge=0)] = 4
-    seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1)
+    arms: tuple[Label, ...] = Field(default=("shared", "unshared"), max_length=20)
+    n_trials: Annotated[StrictInt, Field(ge=0, le=10_000)] = 4
+    seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1, max_length=1000)
     tuning_seed: Seed = 0  # trials train under it, and TPE samples with it
-    objective: str = "val/retrieval/acc_at_1/mean"  # the bi-encoder itself; the reranker is reported beside it
+    objective: Label = "val/retrieval/acc_at_1/mean"  # the bi-encoder itself; the reranker is reported beside it
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: Annotated[StrictInt, Field(ge=0)] = 1
@@ -177,12 +181,12 @@ class StudyConfig(_Section):
             "negatives.random_rate_final": SearchParam(low=0.0, high=1.0),
         }
     )
-    storage: str | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
+    storage: Path_ | None = None  # Optuna storage URL; default: JournalStorage file in the run dir
     # with a PostgreSQL storage: a worker without a heartbeat for this long is dead and its work is redone
     lease_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     zero_shot: StrictBool = True
     # an axis: setting → its levels (two settings at most, varied together); each level is a sub-study
-    sweep: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    sweep: dict[str, tuple[Any, ...]] = Field(default_factory=dict, max_length=2)
     level: str = ""  # set by the sweep on each of its sub-studies: "<setting>=<value>"
     parent: str = ""  # set by the sweep on each of its sub-studies: the sweep's study name
 
@@ -218,10 +222,21 @@ class ExperimentConfig(_Section):
                     f"range {low} to {high}"
                 )
         _check_sweep(self.study.sweep)
-        seen = [s for i, s in enumerate(self.study.seeds) if s in self.study.seeds[:i]]
-        if seen:
-            raise ValueError(f"study.seeds: seed {seen[0]} is listed twice (each seed is one final run per arm)")
+        twice = _first_repeat(self.study.seeds)
+        if twice is not None:
+            raise ValueError(f"study.seeds: seed {twice} is listed twice (each seed is one final run per arm)")
         return self
+
+
+def _first_repeat(values: typing.Iterable[Any]) -> Any:
+    """The first value equal to an earlier one (numbers by value: 1 and 1.0 are one level), or None."""
+    seen: set[Any] = set()
+    for value in values:
+        key = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        if key in seen:
+            return value
+        seen.add(key)
+    return None
 
 
 def _is_leaf(dotted: str) -> bool:
@@ -239,10 +254,11 @@ def _check_sweep(sweep: dict[str, tuple[Any, ...]]) -> None:
     for key, levels in sweep.items():
         if key.startswith("study.") or key == "seed" or key in PER_MACHINE or not _is_leaf(key):
             raise ValueError(f"study.sweep: {key!r} is not a setting a sweep can vary")
-        if len(levels) < 2:
-            raise ValueError(f"study.sweep.{key}: a sweep needs at least 2 levels")
-        if len(set(map(repr, levels))) != len(levels):
-            raise ValueError(f"study.sweep.{key}: a level is listed twice")
+        if not 2 <= len(levels) <= 50:
+            raise ValueError(f"study.sweep.{key}: a sweep needs 2 to 50 levels, got {len(levels)}")
+        twice = _first_repeat(levels)
+        if twice is not None:
+            raise ValueError(f"study.sweep.{key}: the level {twice!r} is listed twice (levels equal as values)")
     if len({len(v) for v in sweep.values()}) > 1:
         raise ValueError("study.sweep: the settings must list the same number of levels (they vary together)")
 
@@ -341,6 +357,8 @@ _MESSAGES = {
     "too_short": "must not be empty",
     "string_too_short": "must not be empty",
     "string_pattern_mismatch": "{input!r} is not a plain name: " + NAME_RULE,
+    "string_too_long": "{input!r} is longer than {max_length} characters",
+    "too_long": "holds more than {max_length} entries",
 }
 
 
@@ -402,7 +420,14 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)
+    and aliases (`*name`): an experiment has no use for them, and nested aliases expand exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, f"aliases are not allowed (line {mark.line + 1})")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
@@ -414,8 +439,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
-    """An experiment YAML as a mapping: a text file holding one mapping, each key once."""
+    """An experiment YAML as a mapping: a text file of at most MAX_CONFIG_BYTES holding one mapping, each
+    key once, no aliases."""
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"config: {p} is {size:,} bytes; an experiment YAML is at most {MAX_CONFIG_BYTES:,}")
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"config: {p} is not a text file (not UTF-8)") from None
@@ -434,13 +463,15 @@ def _read_yaml(p: Path) -> dict[str, Any]:
 
 def _parse_override(text: str) -> dict[str, Any]:
     """`train.lr=1e-5` → {"train": {"lr": 1e-5}} (the value is parsed as YAML)."""
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise UserError(f"override {text[:40]!r}…: {len(text):,} characters; at most {MAX_OVERRIDE_CHARS:,}")
     if "=" not in text:
         raise UserError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
-        value: Any = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        raise UserError(f"override {text!r}: the value is not valid YAML") from None
+        value: Any = yaml.load(raw, Loader=_StrictLoader) if raw else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {text!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value

@@ -119,11 +119,17 @@ def check_storage(url: str | None) -> None:
         engine.dispose()
 
 
-def preflight(cfg: ExperimentConfig, tracking_uri: str, run_dir: Path) -> None:
-    """Everything a study needs, checked before it writes: device, run folder, tracking store, storage."""
+def preflight_run(cfg: ExperimentConfig, tracking_uri: str) -> None:
+    """Everything one tracked run needs (`ablation train`), checked before it writes: device and precision,
+    the model's depth, the cache folder and the tracking store."""
     check_precision(resolve_device(cfg.train.device), cfg.train.precision)
     check_model(cfg.model)
     check_cache_dir(cfg)
-    check_run_folder(run_dir)
     check_tracking_uri(tracking_uri)
+
+
+def preflight(cfg: ExperimentConfig, tracking_uri: str, run_dir: Path) -> None:
+    """Everything a study needs, checked before it writes: a run's needs, the run folder and the storage."""
+    preflight_run(cfg, tracking_uri)
+    check_run_folder(run_dir)
     check_storage(cfg.study.storage)

@@ -44,6 +44,10 @@ from ablation.tracking import sqlite_store
 from ablation.tracking.retry import RETRY_ENV
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
 
+INTERRUPT_AT = "ABLATION_INTERRUPT_AT"
+"""Fault injection, for tests of interrupts: `spawn` sends SIGINT to the process group right after the first
+worker process started, while it is still starting up."""
+
 SETTINGS = "settings"  # user attr of every queue, and artifact of the study run: the settings it started with
 
 
@@ -220,20 +224,26 @@ def _die_with_parent() -> None:
 def _worker_main(
     cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int, parent: int
 ) -> None:
+    """A worker process: it starts with the interrupt signals blocked (the parent blocks them while it
+    spawns), so a Ctrl-C during start-up waits until the handler is in place and ends it quietly."""
     INTERRUPTS.install()  # SIGTERM (also from the parent's death) ends the open run KILLED, like Ctrl-C
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the line above
-        raise SystemExit(128 + signal.SIGTERM)
-    torch.set_num_threads(threads)
-    ctx = open_study(cfg, corpus, tracking_uri, run_dir)
     try:
-        work(ctx)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS.SIGNALS)
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before the line above
+            raise SystemExit(128 + signal.SIGTERM)
+        torch.set_num_threads(threads)
+        ctx = open_study(cfg, corpus, tracking_uri, run_dir)
+        try:
+            work(ctx)
+        except KeyboardInterrupt:
+            if os.getppid() != parent:  # the parent was killed and cannot end its runs: do it for it
+                _end_runs(ctx, "KILLED", "interrupted")
+            raise
+        finally:
+            ctx.close()
     except KeyboardInterrupt:
-        if os.getppid() != parent:  # the parent was killed and cannot end its runs: do it for it
-            _end_runs(ctx, "KILLED", "interrupted")
         raise SystemExit(INTERRUPTS.exit_code) from None
-    finally:
-        ctx.close()
 
 
 def finish(ctx: StudyContext) -> list[str]:
@@ -370,18 +380,27 @@ def end_runs(cfg: ExperimentConfig, tracker: Tracker, runs: list[str], status: s
 
 def _run_workers(ctx: StudyContext, corpus: str | None, tracking_uri: str | None, workers: int) -> None:
     """`workers` spawned processes sharing the study; a signal to the group reaches them too: they end their
-    runs KILLED, then exit; any still alive after 30 s are terminated."""
+    runs KILLED, then exit; any still alive after 30 s are terminated. Only when every worker is gone does
+    the caller end the study's runs, so that no worker starting up can open them again after that."""
     spawn = mp.get_context("spawn")
     args = (ctx.cfg, corpus, tracking_uri, str(ctx.run_dir), ctx.cfg.train.threads, os.getpid())
     procs = [spawn.Process(target=_worker_main, args=args) for _ in range(workers)]
-    for p in procs:
-        p.start()
     try:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS.SIGNALS)  # inherited by the children
+        try:
+            for p in procs:
+                p.start()
+                if os.environ.pop(INTERRUPT_AT, None) == "spawn":
+                    os.killpg(os.getpgid(0), signal.SIGINT)  # a Ctrl-C of the group while workers start
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile arrives now
         for p in procs:
             p.join()
     except KeyboardInterrupt:
         deadline = time.monotonic() + 30
         for p in procs:
+            if p.pid is None:
+                continue
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()

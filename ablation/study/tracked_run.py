@@ -11,8 +11,7 @@ import torch
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData, load_run_data
-from ablation.runtime import resolve_device
-from ablation.study.preflight import check_tracking_uri
+from ablation.study.preflight import preflight_run
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, resolve_tracking_uri
 from ablation.training.trainer import EpochCallback, Trainer, TrainResult
 
@@ -86,9 +85,8 @@ def tracked_fit(
 def train_and_track(cfg: ExperimentConfig, corpus: str | None = None, tracking_uri: str | None = None) -> TrainResult:
     """`ablation train`: one arm under one seed as an MLflow run. Bad input leaves no run."""
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
-    resolve_device(cfg.train.device)
+    preflight_run(cfg, uri)
     torch.set_num_threads(cfg.train.threads)  # as a study's runs do: the numbers depend on it
-    check_tracking_uri(uri)
     data = load_run_data(cfg, corpus)
     tags = {NOTE_TAG: describe("final", cfg.model.sharing, cfg.seed)}
     experiment = cfg.tracking.experiment or cfg.study.name

@@ -105,24 +105,36 @@ def view_tag(study: str, state: dict[str, Any]) -> dict[str, str]:
     return {f"{SHARE_TAG_PREFIX}{share_key(study)}": json.dumps(state, separators=(",", ":"))}
 
 
+MODEL_TRAINING = "workflowType=machine_learning"  # MLflow 3 opens an experiment on its GenAI pages without it
+
+
 def view_link(base_url: str, experiment_id: str, study: str) -> str:
-    """The link that opens the view, on the runs page of the experiment."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={share_key(study)}"
-
-
-def study_link(tracking_uri: str, study: str, base_url: str) -> str:
-    """The link `make ui` prints: the study's view where its report published one, else its experiment's
-    runs page, else the experiment list. Nothing is created in a store that does not exist yet."""
+    """The link that opens the view, on the runs page of the experiment, in the model-training workflow."""
     base = base_url.rstrip("/")
-    fallback = f"{base}/#/experiments?workflowType=machine_learning"  # MLflow 3 opens on GenAI without it
+    return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}&viewStateShareKey={share_key(study)}"
+
+
+def studies(tracking_uri: str, most: int = 20) -> list[str]:
+    """Names of the studies and sweeps in the store (none where it does not exist yet)."""
     if sqlite_store.missing(tracking_uri):
-        return fallback
+        return []
+    tracker = Tracker(tracking_uri)
+    found = [r.data.tags.get("study", "") for role in ("study", "sweep") for r in tracker.search(None, {"role": role})]
+    return sorted({name for name in found if name})[:most]
+
+
+def study_link(tracking_uri: str, study: str, base_url: str) -> str | None:
+    """The link `make ui` prints: the study's view where its report published one, else its experiment's
+    runs page; None where the store holds no such study. Nothing is created in a store that does not exist."""
+    base = base_url.rstrip("/")
+    if sqlite_store.missing(tracking_uri):
+        return None
     tracker = Tracker(tracking_uri)
     found = tracker.search(None, {"study": study, "role": "study"}, limit=1)
     found = found or tracker.search(None, {"study": study, "role": "sweep"}, limit=1)
     if not found:
-        return fallback
+        return None
     experiment = tracker.client.get_experiment(found[0].info.experiment_id)
     if f"{SHARE_TAG_PREFIX}{share_key(study)}" in experiment.tags:
         return view_link(base, experiment.experiment_id, study)
-    return f"{base}/#/experiments/{experiment.experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs?{MODEL_TRAINING}"

@@ -131,3 +131,18 @@ def test_dashboard_of_a_sweep_shows_the_queues_of_the_level_asked_for(
     assert f"no Optuna journal at {tmp_path}/smoke.freeze_layers-0/optuna.journal" in capsys.readouterr().err
     assert main(["dashboard", *sweep, "--level", "3"]) == 2
     assert "--level 3: the sweep has levels 1 to 2" in capsys.readouterr().err
+
+
+def test_train_and_ui_check_before_they_create_a_store(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], smoke_study: SmokeStudy
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", "--config", str(SMOKE), "--corpus", str(corpus), "--tracking-uri", uri]
+    assert main([*args, "--set", "train.precision=fp16", "--set", "train.device=cpu"]) == 2
+    assert main(["ui", "--tracking-uri", uri, "--study", "no-such", "--print-only"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error:") for e in errors), errors
+    assert "fp16" in errors[0] and "no study 'no-such'" in errors[1] and "holds no study yet" in errors[1]
+    assert not (tmp_path / "mlflow.db").exists()  # neither created the store
+    assert main(["ui", "--tracking-uri", smoke_study.uri, "--study", "no-such", "--print-only"]) == 2
+    assert "(studies there: smoke; make ui STUDY=<name>)" in capsys.readouterr().err

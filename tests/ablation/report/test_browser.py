@@ -155,7 +155,8 @@ def test_make_ui_prints_one_link_that_opens_the_comparison(
     assert main(["ui", "--tracking-uri", uri, "--study", "smoke", "--port", str(port), "--print-only"]) == 0
     link = capsys.readouterr().out.splitlines()[0].removeprefix("open ")
     exp = MlflowClient(uri).get_experiment_by_name("smoke").experiment_id
-    assert link == f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?viewStateShareKey=compare-smoke"
+    view = "workflowType=machine_learning&viewStateShareKey=compare-smoke"
+    assert link == f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?{view}"
     ui = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,

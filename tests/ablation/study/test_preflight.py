@@ -65,7 +65,15 @@ CASES = [
     (["--set", "study.sweep={model.max_length: [48, 4]}"], "level 2 (max_length-4): config: model.max_length: 4"),
     (["--set", "study.sweep={study.n_trials: [1, 2]}"], "'study.n_trials' is not a setting a sweep can vary"),
     (["--set", "study.sweep={train.device: [cpu, cuda]}"], "'train.device' is not a setting a sweep can vary"),
-    (["--set", "study.sweep={model.freeze_layers: [1]}"], "a sweep needs at least 2 levels"),
+    (["--set", "study.sweep={model.freeze_layers: [1]}"], "a sweep needs 2 to 50 levels, got 1"),
+    (["--set", "study.sweep={train.lr: [1, 1.0]}"], "the level 1.0 is listed twice (levels equal as values)"),
+    # sizes bounded before anything can explode: aliases, long values, long lists, big files
+    (["--config", "{tmp}/bomb.yaml"], "aliases are not allowed (line 3)"),
+    (["--set", "study.sweep={model.freeze_layers: &a [1, 0], train.lr: *a}"], "aliases are not allowed"),
+    (["--set", "data.corpus=" + "c" * 120_000], "120,012 characters; at most 4,096"),
+    (["--set", "tracking.experiment=" + "e" * 300], "tracking.experiment: 'eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee…"),
+    (["--config", "{tmp}/seeds.yaml"], "study.seeds: holds more than 1000 entries"),
+    (["--config", "{tmp}/huge.yaml"], "is 1,100,000 bytes; an experiment YAML is at most 1,048,576"),
     (["--set", "study.sweep={model.freeze_layers: [1, 0], train.lr: [0.1, 0.2, 0.3]}"], "the same number of levels"),
     (["--config", "{tmp}/longsweep.yaml"], "the sub-study of level 1: 'xxxxxxxxxxxxxxxxxxxx"),
 ]
@@ -80,6 +88,13 @@ def _inputs(tmp: Path) -> None:
     (tmp / "empty.yaml").write_text("")
     (tmp / "longsweep.yaml").write_text(f"study:\n  name: {'x' * 50}\n  sweep:\n    model.freeze_layers: [1, 0]\n")
     (tmp / "binary.yaml").write_bytes(bytes(range(128, 256)) * 4)
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{x}: &{x} [*{y}, *{y}, *{y}, *{y}, *{y}, *{y}, *{y}, *{y}, *{y}]\n"
+        for y, x in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    (tmp / "bomb.yaml").write_text(bomb.replace("a: &a", "seed: 1\na: &a", 1))
+    (tmp / "seeds.yaml").write_text("study:\n  seeds: [" + ", ".join(map(str, range(2000))) + "]\n")
+    (tmp / "huge.yaml").write_text("seed: 1\n" + "#" * (1_100_000 - 9) + "\n")
     (tmp / "junk.db").write_bytes(bytes(range(256)) * 64)
     (tmp / "junkrun").mkdir()
     (tmp / "junkrun" / "optuna.journal").write_bytes(b"\x93\xffnot json\n" * 8)

@@ -252,3 +252,25 @@ def test_an_error_while_setting_up_the_runs_ends_those_that_exist(
     runs = _runs(uri)
     assert sorted(r.data.tags["role"] for r in runs) == ["arm", "arm", "study"]
     assert all(r.info.status == "FAILED" and "no versions today" in r.data.tags["failure"] for r in runs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_workers_start_is_one_quiet_line_and_ends_every_run(corpus: Path, tmp_path: Path) -> None:
+    from ablation.study.runner import INTERRUPT_AT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "ablation", "run", "--config", str(SMOKE), "--corpus", str(corpus)]
+    cmd += ["--tracking-uri", uri, "--run-dir", str(tmp_path / "run"), "--no-report", "--workers", "2"]
+    cmd += [a for s in FIXTURE for a in ("--set", s)]
+    env = {**os.environ, INTERRUPT_AT: "spawn"}  # SIGINT to the group right after the first worker started
+    stopped = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env, start_new_session=True
+    )
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr, stopped.stderr[-3000:]
+    assert len(stopped.stderr.strip().splitlines()) <= 2, stopped.stderr  # the error line (and at most a note)
+    runs = _runs(uri)
+    assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _check_totals(uri, 2, 2)

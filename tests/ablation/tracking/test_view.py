@@ -40,17 +40,20 @@ def test_the_view_shows_finals_grouped_by_arm_with_each_headline_and_its_std() -
 
 def test_the_link_opens_the_view_only_once_it_is_published(tmp_path: Path) -> None:
     missing = tmp_path / "none.db"
-    link = study_link(f"sqlite:///{missing}", "quick", "http://127.0.0.1:5000/")
-    assert link == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
-    assert not missing.exists()  # printing a link creates no store
+    assert study_link(f"sqlite:///{missing}", "quick", "http://127.0.0.1:5000/") is None
+    assert not missing.exists()  # looking for a link creates no store
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)
     exp = tracker.experiment_id("quick")
-    assert study_link(uri, "quick", "http://h") == "http://h/#/experiments?workflowType=machine_learning"
+    assert study_link(uri, "quick", "http://h") is None
     tracker.create_run("quick", "quick", {"study": "quick", "role": "study"})
-    assert study_link(uri, "quick", "http://h") == f"http://h/#/experiments/{exp}/runs"
+    ml = "workflowType=machine_learning"  # the model-training pages on a first visit, not the GenAI ones
+    assert study_link(uri, "quick", "http://h") == f"http://h/#/experiments/{exp}/runs?{ml}"
     tracker.set_experiment_tags(exp, view_tag("quick", view_state("quick", COLUMNS, [])))
-    assert study_link(uri, "quick", "http://h") == f"http://h/#/experiments/{exp}/runs?viewStateShareKey=compare-quick"
+    assert (
+        study_link(uri, "quick", "http://h")
+        == f"http://h/#/experiments/{exp}/runs?{ml}&viewStateShareKey=compare-quick"
+    )
 
 
 def test_a_sweep_opens_on_the_arm_runs_of_every_level_with_the_level_first(tmp_path: Path) -> None:
@@ -62,4 +65,5 @@ def test_a_sweep_opens_on_the_arm_runs_of_every_level_with_the_level_first(tmp_p
     exp = tracker.experiment_id("depth")
     tracker.create_run("depth", "depth", {"study": "depth", "role": "sweep"})
     tracker.set_experiment_tags(exp, view_tag("depth", state))
-    assert study_link(uri, "depth", "http://h") == f"http://h/#/experiments/{exp}/runs?viewStateShareKey=compare-depth"
+    link = f"http://h/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=compare-depth"
+    assert study_link(uri, "depth", "http://h") == link
