@@ -122,7 +122,20 @@ def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | N
     experiment = cfg.tracking.experiment or cfg.study.name
     check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
     check_recorded(uri, experiment, {"study": cfg.study.name, "role": "study"}, settings)
+    check_kind(uri, cfg.study.name, sweep=False)
     return Checked(cfg, uri, folder, data, settings, experiment)
+
+
+def check_kind(uri: str, name: str, sweep: bool) -> None:
+    """A study name names one thing: a plain study given a sweep's name (or a sweep a plain study's) would
+    write into the other's experiment and run folder. Read only."""
+    if sqlite_store.missing(uri):
+        return
+    other = "study" if sweep else SWEEP_ROLE
+    found = Tracker(uri).search(None, {"study": name, "role": other}, limit=1)
+    if found and not (other == "study" and found[0].data.tags.get("level")):
+        what = "a plain study" if sweep else "a sweep"
+        raise UserError(f"study.name {name!r} is already {what} in {uri}; give this one another study.name")
 
 
 def record_settings(tracker: Tracker, run: str, settings: dict[str, Any]) -> None:

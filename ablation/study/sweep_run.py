@@ -17,6 +17,7 @@ from ablation.errors import UserError
 from ablation.io import REPO_ROOT
 from ablation.study.runner import (
     StudyIncomplete,
+    check_kind,
     check_recorded,
     check_study,
     end_runs,
@@ -69,6 +70,7 @@ def run_sweep(
     checked = [check_study(lv.cfg, corpus, tracking_uri, str(lv.folder)) for lv in all_levels]
     experiment = checked[0].experiment
     check_recorded(checked[0].uri, experiment, {"study": s.name, "role": SWEEP_ROLE}, shared_settings(cfg))
+    check_kind(checked[0].uri, s.name, sweep=True)
     tracker = Tracker(checked[0].uri)  # every check passed: the first write
     run = _open_sweep_run(cfg, tracker, experiment, folder, sweep_note(cfg, all_levels))
     lines = []

@@ -4,6 +4,7 @@ never cuts such a call short (`INTERRUPTS.critical`)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -46,14 +47,45 @@ _TRANSIENT_TEXT = (
 )
 
 
+_PERMANENT_TEXT = (
+    "database or disk is full",
+    "disk i/o error",
+    "no space left",
+    "file too large",
+    "disk quota exceeded",
+    "read-only file system",
+    "readonly database",
+    "attempt to write a readonly",
+    "permission denied",
+)
+"""What waiting does not mend: a full disk, a file over its size limit, a read-only store."""
+_PERMANENT_ERRNO = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def permanent(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) is one that no retry can fix."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNO:
+            return True
+        if any(t in f"{type(exc).__name__} {exc}".lower() for t in _PERMANENT_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
 def window_s() -> float:
     return float(os.environ.get(RETRY_ENV, DEFAULT_WINDOW_S))
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether `exc` (or its cause) is what a restarting or busy service gives: the call may succeed later."""
+    """Whether `exc` (or its cause) is what a restarting or busy service gives: the call may succeed later
+    (never one that `permanent` names, such as a full disk)."""
     import sqlalchemy.exc
 
+    if permanent(exc):
+        return False
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):

@@ -105,8 +105,9 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120) -> MlflowServer:
-        """Start the server in its own process group and wait until /health answers."""
+    def start(self, timeout: float | None = None) -> MlflowServer:
+        """Start the server in its own process group and wait until /health answers, for as long as its
+        process lives (under load it can take minutes to come up), or at most `timeout` seconds."""
         self.artifacts.mkdir(parents=True, exist_ok=True)
         command = [
             *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)),
@@ -115,8 +116,8 @@ class MlflowServer:
         ]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        start = time.monotonic()
+        while timeout is None or time.monotonic() < start + timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited with {self.process.returncode}; see {self.log}")
             try:

@@ -16,7 +16,7 @@ from ablation.cli import main
 from ablation.config import load_config
 from ablation.errors import UserError
 from ablation.study.sweep import changes_zero_shot, levels
-from tests.conftest import FIXTURE, REPO, SMOKE
+from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
 
 def test_levels_are_named_sub_studies_sharing_one_zero_shot_where_the_encoder_input_is_the_same() -> None:
@@ -176,3 +176,29 @@ def test_a_smoke_sweep_over_the_loss_trains_each_level_with_its_own_similarity(c
         "shared_projection": 2,
         "unshared": 2,
     }
+    # a name names one thing: a plain study given the sweep's name is refused before it writes
+    before = len(runs)
+    plain = ["run", "--config", str(SMOKE), "--corpus", str(corpus), "--tracking-uri", uri, "--no-report"]
+    assert main([*plain, "--run-dir", str(tmp_path / "run"), *[a for s in sets[:-1] for a in ("--set", s)]]) == 2
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == before
+
+
+def test_a_sweep_given_a_plain_studys_name_is_refused(
+    smoke_study: SmokeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--config", str(SMOKE), "--corpus", str(smoke_study.corpus), "--tracking-uri", uri]
+    args += [
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-report",
+        "--set",
+        "study.sweep={train.loss: [triplet, contrastive]}",
+    ]
+    assert main([*args, *[a for s in FIXTURE for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: study.name 'smoke' is already a plain study in {uri}; give this one another study.name"
+    assert not (tmp_path / "run").exists()
