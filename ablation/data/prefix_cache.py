@@ -8,7 +8,10 @@ vectors depend on: the prefix's weights (model, revision), its depth, and the to
 (tokenizer, max_length, corpus and subset). It is built under a file lock and renamed into place only when
 complete, so a killed build leaves no half file and a rerun reuses a finished one. A finished store also
 carries the SHA-256 of its two arrays (`.sha256.json`), checked each time it is opened: a file changed,
-cut short or missing since is rebuilt, with one warning line, instead of giving wrong numbers.
+cut short or missing since is rebuilt, with one warning line, instead of giving wrong numbers. The same file
+records what the store is (the digest its name comes from, its number of texts and tokens, its width), and
+its offsets must give each text its own length: a complete store of other texts put in its place (another
+split's, say) is rebuilt too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ablation.data.batching import Tokens, TokenTexts, length_sorted_batches
+from ablation.io import write_text_atomic
 from models.pooling import Tower
 
 
@@ -63,17 +67,43 @@ def _sums(vectors: Path, offsets: Path) -> dict[str, str]:
     return {"vectors": file_sha256(vectors), "offsets": file_sha256(offsets)}
 
 
-def verify(path: Path) -> str | None:
-    """What is wrong with a finished store, or None when its arrays match their recorded digests."""
+def identity(path: Path, tokens: Tokens, hidden: int) -> dict[str, object]:
+    """What a store of `tokens` at `path` is: the digest in its name, its texts, tokens and width."""
+    return {
+        "key": path.stem.removeprefix("prefix-"),
+        "texts": len(tokens),
+        "tokens": int(sum(len(t) for t in tokens)),
+        "hidden": hidden,
+    }
+
+
+def verify(path: Path, expected: dict[str, object] | None = None, lengths: np.ndarray | None = None) -> str | None:
+    """What is wrong with a finished store, or None when its arrays match their recorded digests and, given
+    `expected` (its `identity`) and the texts' `lengths`, it is the store of those texts. A store recorded
+    before identities were kept passes on its offsets alone and gets its identity written."""
     offsets, sums = _parts(path)
     missing = [p.name for p in (offsets, sums) if not p.exists()]
     if missing:
         return f"{', '.join(missing)} missing"
     try:
         recorded = json.loads(sums.read_text())
-    except ValueError:
+        digests = {k: recorded[k] for k in ("vectors", "offsets")}
+    except (ValueError, KeyError, TypeError):
         return f"{sums.name} unreadable"
-    return None if _sums(path, offsets) == recorded else "contents differ from their recorded digest"
+    if _sums(path, offsets) != digests:
+        return "contents differ from their recorded digest"
+    if expected is None:
+        return None
+    stored = np.load(offsets)
+    if lengths is not None and (len(stored) != len(lengths) + 1 or not np.array_equal(np.diff(stored), lengths)):
+        return f"it holds other texts ({len(stored) - 1} texts, not the {len(lengths)} asked for)"
+    found = {k: recorded.get(k) for k in expected}
+    if all(v is None for v in found.values()):  # recorded before identities were kept: its offsets fit
+        write_text_atomic(json.dumps({**digests, **expected}), sums)
+    elif found != expected:
+        wrong = ", ".join(f"{k} {found[k]} (expected {expected[k]})" for k in expected if found[k] != expected[k])
+        return f"it is another store: {wrong}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,15 +130,20 @@ class PrefixStore:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"prefix-{_digest(prefix or prefix_digest(tower), tokens)}.npy"
         offsets_path, sums_path = _parts(path)
+        expected = identity(path, tokens, int(tower.encoder.config.hidden_size))
+        lengths = np.array([len(t) for t in tokens])
         with FileLock(str(path) + ".lock"):
-            problem = verify(path) if path.exists() else None
+            problem = verify(path, expected, lengths) if path.exists() else None
             if problem:
                 print(f"warning: frozen-prefix cache {path}: {problem}; building it again", file=sys.stderr)
                 for part in (path, offsets_path, sums_path):
                     part.unlink(missing_ok=True)
             if not path.exists():
                 cls._build(path, offsets_path, tower, tokens, pad_id, batch_size, device)
-        return cls(np.load(path, mmap_mode="r"), np.load(offsets_path), path)
+        vectors = np.load(path, mmap_mode="r")
+        if vectors.shape != (expected["tokens"], expected["hidden"]):  # the digests were recorded with it
+            raise RuntimeError(f"frozen-prefix cache {path}: shape {vectors.shape} after its checks passed")
+        return cls(vectors, np.load(offsets_path), path)
 
     @staticmethod
     def _build(
@@ -134,7 +169,8 @@ class PrefixStore:
             out.flush()
             del out
             np.save(offsets_path, offsets)
-            _parts(path)[1].write_text(json.dumps(_sums(tmp, offsets_path)))
+            record = {**_sums(tmp, offsets_path), **identity(path, tokens, hidden)}
+            _parts(path)[1].write_text(json.dumps(record))
             os.replace(tmp, path)  # last: the store exists only once complete
         finally:
             tmp.unlink(missing_ok=True)

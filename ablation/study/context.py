@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from ablation.evaluation.ranking import MODES, metric_names
 from ablation.study.progress import Progress
 from ablation.study.state import StudyState, row_of, study_state
 from ablation.study.storage import StudyLock, WorkerFile, heartbeats, open_storage, retry_stale
+from ablation.tracking.retry import disturbed_at
 from ablation.tracking.store import Tracker
 
 POLL_S = 2.0  # how often a worker looks again at work that others hold
@@ -99,6 +101,11 @@ class StudyContext:
         out += [("tuning", arm, self.queue("tuning", arm)) for arm in s.arms]
         return out + [("final", arm, self.queue("final", arm)) for arm in s.arms]
 
+    def may_judge_stale(self) -> bool:
+        """Whether this worker may fail trials for stale heartbeats now: not within `lease_s` after one of
+        its own store calls failed or hung, since live workers could not beat through that outage either."""
+        return time.monotonic() - disturbed_at() > self.cfg.study.lease_s
+
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial whose worker stopped was failed: queue it again, and end the MLflow runs it left (open ones
         are deleted, a FINISHED one whose outcome never reached Optuna is relabelled `superseded-<role>`)."""
@@ -109,6 +116,8 @@ class StudyContext:
                 self.tracker.set_tags(run.info.run_id, {"role": f"superseded-{run.data.tags.get('role')}"})
             else:
                 self.tracker.set_tags(run.info.run_id, {"failure": "its worker stopped; the work was queued again"})
+                if run.info.status == "RUNNING":
+                    self.tracker.terminate(run.info.run_id, "KILLED")  # ended before it is hidden
                 self.tracker.delete_run(run.info.run_id)
 
     def state(self) -> StudyState:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.study.context import SLOT, StudyContext, used
@@ -67,16 +68,42 @@ def fill(ctx: StudyContext, kind: str, queue: optuna.Study, held: Held) -> None:
             queue.enqueue_trial(params, user_attrs={SLOT: slot}, skip_if_exists=False)
 
 
-def pop(ctx: StudyContext, kind: str, queue: optuna.Study, held: Held) -> optuna.Trial | None:
-    """The next waiting item of `queue`, now held by this worker (None: nothing waits)."""
+def retried(trial: FrozenTrial) -> bool:
+    """Whether a waiting trial is a retry of one whose worker died or stopped (Optuna's retry callback names
+    the failed trial): such work was already under way and is taken before anything else."""
+    return "failed_trial" in trial.system_attrs
+
+
+def _take(queue: optuna.Study, waiting: list[FrozenTrial]) -> optuna.Trial | None:
+    """Optuna's own pop (`Study.ask`: mark a waiting trial RUNNING, atomically), in our order: the first of
+    `waiting` no other worker took first."""
+    queue._thread_local.cached_all_trials = None
+    for t in waiting:
+        try:
+            if queue._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(queue, t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def pop(
+    ctx: StudyContext, kind: str, queue: optuna.Study, held: Held, only_retried: bool = False
+) -> optuna.Trial | None:
+    """The next waiting item of `queue`, now held by this worker (None: nothing waits): retried ones first,
+    then in slot order; with `only_retried`, retried ones alone."""
     while True:
-        fail_stale(queue, ctx.liveness, ctx.on_stale)
-        if not queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        fail_stale(queue, ctx.liveness, ctx.on_stale, ctx.may_judge_stale())
+        waiting = queue.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        waiting = sorted(
+            (t for t in waiting if retried(t) or not only_retried), key=lambda t: (not retried(t), t.number)
+        )
+        if not waiting:
             return None
         held.check()
-        with warnings.catch_warnings():  # Optuna expects heartbeats with `optimize`; we beat ourselves
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = queue.ask()
+        trial = _take(queue, waiting)
+        if trial is None:
+            continue
         slot = trial.user_attrs.get(SLOT)
         rivals = [
             t
@@ -133,4 +160,17 @@ class TrialLease:
         if not self.lost and time.monotonic() - self.last_ok > self.grace / 2:
             self.beat()  # no beat for a while: this process may have been stopped
         if self.lost:
-            raise RunSuperseded(f"trial {self.number} was failed while this worker was stopped; it is retried")
+            raise RunSuperseded(self.why)
+
+    @property
+    def why(self) -> str:
+        return f"trial {self.number} was failed while this worker was stopped or cut off; it is retried"
+
+    def write(self, fn: Callable[[], object]) -> None:
+        """An Optuna write to the item's trial (a report, an attribute): a trial that another worker failed
+        meanwhile (this one waited on a hung or absent database) is no longer this worker's."""
+        try:
+            fn()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.lost = True
+            raise RunSuperseded(self.why) from None

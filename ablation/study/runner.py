@@ -59,8 +59,8 @@ def _settings(cfg: ExperimentConfig, data: RunData) -> dict[str, Any]:
     return {**shared_settings(cfg), "corpus_digest": data.digest}
 
 
-def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The settings this study's queues were started with, read without writing anything (None: new)."""
+def _read_storage(cfg: ExperimentConfig, run_dir: Path) -> optuna.storages.BaseStorage | None:
+    """The study's Optuna storage, opened without writing anything (None: it holds nothing yet)."""
     url = cfg.study.storage
     if url:
         engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if is_postgres(url) else {})
@@ -69,12 +69,17 @@ def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
                 return None
         finally:
             engine.dispose()
-        storage: optuna.storages.BaseStorage = optuna.storages.RDBStorage(url)
-    elif (run_dir / "optuna.journal").is_file():
+        return optuna.storages.RDBStorage(url)
+    if (run_dir / "optuna.journal").is_file():
         from optuna.storages.journal import JournalFileBackend
 
-        storage = optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    else:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    return None
+
+
+def _recorded(storage: optuna.storages.BaseStorage | None, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The settings this study's queues were started with (None: new)."""
+    if storage is None:
         return None
     for arm in cfg.study.arms:
         try:
@@ -85,6 +90,38 @@ def _recorded(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
         if found is not None:
             return found
     return None
+
+
+def reconcile(storage: optuna.storages.BaseStorage | None, cfg: ExperimentConfig, uri: str, where: str) -> None:
+    """The Optuna storage holds every item MLflow holds a finished run of: a journal deleted or cut (or a
+    database emptied) would otherwise make the study run its work again. Read only."""
+    if sqlite_store.missing(uri):
+        return
+    tracker = Tracker(uri)
+    done = [
+        r
+        for r in tracker.search(cfg.tracking.experiment or cfg.study.name, {"study": cfg.study.name}, "FINISHED")
+        if r.data.tags.get("role") in ("trial", "final", "zero-shot") and "optuna_trial" in r.data.tags
+    ]
+    numbers: dict[str, set[int]] = {}
+    lost = []
+    for run in done:
+        queue = run.data.tags["optuna_study"]
+        if queue not in numbers:
+            try:
+                study_id = storage.get_study_id_from_name(queue) if storage is not None else None
+            except KeyError:
+                study_id = None
+            trials = storage.get_all_trials(study_id, deepcopy=False) if study_id is not None else []
+            numbers[queue] = {t.number for t in trials}
+        if int(run.data.tags["optuna_trial"]) not in numbers[queue]:
+            lost.append(f"{queue} trial {run.data.tags['optuna_trial']}")
+    if lost:
+        raise UserError(
+            f"study {cfg.study.name!r}: its Optuna storage ({where}) lacks {len(lost)} item(s) that MLflow holds "
+            f"finished runs of (e.g. {', '.join(sorted(lost)[:3])}): entries were lost (a journal deleted or cut "
+            "short). Restore it, or give the study another study.name; nothing was run again"
+        )
 
 
 def check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
@@ -120,8 +157,10 @@ def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | N
     data = load_run_data(cfg, corpus)
     settings = _settings(cfg, data)
     experiment = cfg.tracking.experiment or cfg.study.name
-    check_same(cfg.study.name, _recorded(cfg, folder), settings, "in its Optuna storage")
+    storage = _read_storage(cfg, folder)
+    check_same(cfg.study.name, _recorded(storage, cfg), settings, "in its Optuna storage")
     check_recorded(uri, experiment, {"study": cfg.study.name, "role": "study"}, settings)
+    reconcile(storage, cfg, uri, cfg.study.storage or str(folder / "optuna.journal"))
     check_kind(uri, cfg.study.name, sweep=False)
     return Checked(cfg, uri, folder, data, settings, experiment)
 

@@ -105,9 +105,11 @@ def check_journal(path: Path, repair: bool = False) -> str | None:
         body, _, tail = data.rpartition(b"\n")
         for number, line in enumerate(body.split(b"\n") if data.count(b"\n") else [], start=1):
             try:
-                json.loads(line)
+                entry = json.loads(line)
             except ValueError:
-                raise UserError(f"study storage {path}: line {number} is not an Optuna journal entry") from None
+                entry = None
+            if not (isinstance(entry, dict) and isinstance(entry.get("op_code"), int)):
+                raise UserError(f"study storage {path}: line {number} is not an Optuna journal entry")
         if tail and not tail.startswith(b"{"):
             raise UserError(f"study storage {path}: not an Optuna journal (its last line is no journal entry)")
         if tail and repair:
@@ -182,11 +184,16 @@ class WorkerFile:
             os.close(self._fd)
 
 
-def fail_stale(study: optuna.Study, liveness: WorkerFile | None, on_stale: StaleCallback) -> None:
+def fail_stale(
+    study: optuna.Study, liveness: WorkerFile | None, on_stale: StaleCallback, judge_heartbeats: bool = True
+) -> None:
     """Fail the running trials whose worker is gone, each once, and hand each to `on_stale` (which queues it
-    again): Optuna's heartbeat check on a database (`liveness` None), the workers' flocks on the journal."""
+    again): Optuna's heartbeat check on a database (`liveness` None; skipped unless `judge_heartbeats`:
+    right after an outage live workers have not been able to beat yet), the workers' flocks on the journal."""
     storage = study._storage
     if liveness is None:
+        if not judge_heartbeats:
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)

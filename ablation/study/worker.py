@@ -47,25 +47,32 @@ def _all_used(ctx: StudyContext, kind: str, queue: optuna.Study) -> bool:
 
 
 def _next(ctx: StudyContext) -> Item | None:
-    """Under the study lock: the next item this worker can run, taken from its queue."""
+    """Under the study lock: the next item this worker can run, taken from its queue. Work retried after a
+    dead or stopped worker comes first, from whichever queue; then the queues in their order."""
     with ctx.lock() as held:
         _stop_here("lock")
-        for kind, arm, queue in ctx.queues():
-            if kind == "final" and not _all_used(ctx, "tuning", ctx.queue("tuning", arm)):
-                continue  # its best parameters are not known yet
-            fill(ctx, kind, queue, held)
-            trial = pop(ctx, kind, queue, held)
-            if trial is None:
-                continue
-            cfg = replace_path(ctx.cfg, "model.sharing", arm) if arm else ctx.cfg
-            if kind == "tuning":
-                cfg = sample(ctx, queue, trial, replace_path(cfg, "seed", ctx.cfg.study.tuning_seed))
-            elif kind == "final":
-                for key, value in best_params(ctx.queue("tuning", arm)).items():
-                    cfg = replace_path(cfg, key, value)
-                cfg = replace_path(cfg, "seed", trial.user_attrs[SLOT])
-            return kind, arm, queue, trial, cfg
+        for only_retried in (True, False):
+            for kind, arm, queue in ctx.queues():
+                if kind == "final" and not _all_used(ctx, "tuning", ctx.queue("tuning", arm)):
+                    continue  # its best parameters are not known yet
+                if not only_retried:
+                    fill(ctx, kind, queue, held)
+                trial = pop(ctx, kind, queue, held, only_retried)
+                if trial is not None:
+                    return _item(ctx, kind, arm, queue, trial)
     return None
+
+
+def _item(ctx: StudyContext, kind: str, arm: str, queue: optuna.Study, trial: optuna.Trial) -> Item:
+    """The item's config: the arm, and the trial's parameters (tuning) or the arm's best ones and the seed."""
+    cfg = replace_path(ctx.cfg, "model.sharing", arm) if arm else ctx.cfg
+    if kind == "tuning":
+        cfg = sample(ctx, queue, trial, replace_path(cfg, "seed", ctx.cfg.study.tuning_seed))
+    elif kind == "final":
+        for key, value in best_params(ctx.queue("tuning", arm)).items():
+            cfg = replace_path(cfg, key, value)
+        cfg = replace_path(cfg, "seed", trial.user_attrs[SLOT])
+    return kind, arm, queue, trial, cfg
 
 
 def _stop_here(point: str) -> None:
@@ -86,7 +93,8 @@ def work(ctx: StudyContext) -> None:
         while True:
             try:
                 item = _next(ctx)
-            except LockLost as exc:
+            except (LockLost, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                # the lock, or the trial being taken, went to another worker while this one waited on the store
                 print(f"warning: {exc}; taking the next item again", file=sys.stderr, flush=True)
                 continue
             if item is not None:
@@ -116,7 +124,7 @@ def _run(
         if pruned:
             _tell(queue, trial, state=TrialState.PRUNED)
         elif value is None:
-            trial.set_user_attr(COUNTED, True)
+            lease.write(lambda: trial.set_user_attr(COUNTED, True))
             _tell(queue, trial, state=TrialState.FAIL)
         else:
             _tell(queue, trial, value)
@@ -126,8 +134,13 @@ def _run(
         print(f"warning: {exc}; this worker goes on with other work", file=sys.stderr, flush=True)
     except NonFiniteLoss as exc:  # the run is FAILED with the reason; the slot is used, the study goes on
         print(f"warning: {kind} {arm} {trial.number} failed: {exc}", file=sys.stderr, flush=True)
-        trial.set_user_attr(COUNTED, True)
-        trial.set_user_attr("failure", str(exc))
+        reason = str(exc)
+        try:
+            lease.write(lambda: trial.set_user_attr(COUNTED, True))
+            lease.write(lambda: trial.set_user_attr("failure", reason))
+        except RunSuperseded as lost:
+            print(f"warning: {lost}; this worker goes on with other work", file=sys.stderr, flush=True)
+            return
         _tell(queue, trial, state=TrialState.FAIL)
     except BaseException:
         if not lease.lost:
@@ -174,7 +187,7 @@ def _train(
             return
         if kill_after and _finished_here(queue, ctx.me["worker"]) >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
-        trial.report(val[objective], epoch)
+        lease.write(lambda: trial.report(val[objective], epoch))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
@@ -203,7 +216,7 @@ def _train(
         on_epoch,
         run_test=kind == "final",
         guard=lease.guard,
-        on_create=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+        on_create=lambda run_id: lease.write(lambda: trial.set_user_attr("mlflow_run_id", run_id)),
     )
     value = result.val_history[-1].get(objective) if result.val_history else None
     return value, state == "pruned"
@@ -232,7 +245,7 @@ def _zero_shot(
         NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
     }
     model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
-    on_create = lambda run_id: trial.set_user_attr("mlflow_run_id", run_id)  # noqa: E731
+    on_create = lambda run_id: lease.write(lambda: trial.set_user_attr("mlflow_run_id", run_id))  # noqa: E731
     with ctx.tracker.run(ctx.experiment, "zero-shot", tags, guard=lease.guard, on_create=on_create) as rec:
         if ctx.cfg.study.level:
             rec.log_params({"study.level": ctx.cfg.study.level})
@@ -265,7 +278,7 @@ class Watcher:
                     lease.beat()
                 if ctx.heartbeats:
                     for queue in self.queues:
-                        fail_stale(queue, None, ctx.on_stale)
+                        fail_stale(queue, None, ctx.on_stale, ctx.may_judge_stale())
                 else:  # on the journal a trial is named after its worker just after it is taken: under the lock
                     with ctx.lock():
                         for queue in self.queues:

@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -75,6 +76,16 @@ def permanent(exc: BaseException) -> bool:
     return False
 
 
+SLOW_S = 2.0  # a store call this slow met a hung or overloaded store
+_DISTURBED = [float("-inf")]  # when (monotonic) a store call of this process last failed or was slow
+
+
+def disturbed_at() -> float:
+    """When a store call of this process last needed a retry or took over SLOW_S (−inf: never): after such a
+    disturbance, other workers may not have been able to beat either."""
+    return _DISTURBED[0]
+
+
 def window_s() -> float:
     return float(os.environ.get(RETRY_ENV, DEFAULT_WINDOW_S))
 
@@ -121,8 +132,13 @@ def retry_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         before_sleep=_log_retry,
         reraise=True,
     )
+    start = time.monotonic()
     with INTERRUPTS.critical():
-        return retrying(fn, *args, **kwargs)
+        try:
+            return retrying(fn, *args, **kwargs)
+        finally:
+            if retrying.statistics.get("attempt_number", 1) > 1 or time.monotonic() - start > SLOW_S:
+                _DISTURBED[0] = time.monotonic()
 
 
 def retried(fn: F) -> F:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,9 @@ def test_a_store_is_built_once_and_a_killed_build_leaves_nothing(data: RunData, 
     assert queries.lengths.tolist() == [len(t) for t in data.val.query_tokens]
 
 
+SUMS = {"vectors", "offsets"}
+
+
 def test_the_key_covers_weights_depth_and_tokens(corpus: Path, data: RunData, tmp_path: Path) -> None:
     def path(**overrides: object) -> Path:
         cfg = _config(tmp_path, **overrides)
@@ -96,7 +101,9 @@ def test_the_key_covers_weights_depth_and_tokens(corpus: Path, data: RunData, tm
     assert path(**{"model.max_length": 24}) != base  # other tokens (tokenizer, max_length and texts alike)
 
 
-@pytest.mark.parametrize("damage", ["finite half", "truncated", "offsets missing", "digest missing"])
+@pytest.mark.parametrize(
+    "damage", ["finite half", "truncated", "offsets missing", "digest missing", "another split's store", "no identity"]
+)
 def test_a_damaged_store_is_rebuilt_with_a_warning_and_gives_the_same_numbers(
     data: RunData, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,11 +118,24 @@ def test_a_damaged_store_is_rebuilt_with_a_warning_and_gives_the_same_numbers(
         del vectors
     elif damage == "truncated":
         os.truncate(target, target.stat().st_size // 2)
+    elif damage == "another split's store":  # complete and self-consistent, but of other texts
+        other = stores[0]
+        for suffix in (".npy", ".offsets.npy", ".sha256.json"):
+            shutil.copy(other.with_suffix(suffix), target.with_suffix(suffix))
+        assert verify(target) is None  # its bytes match its own digests: only its identity can tell
+    elif damage == "no identity":  # recorded before stores carried one: accepted on its offsets, and upgraded
+        sums = target.with_suffix(".sha256.json")
+        sums.write_text(json.dumps({k: v for k, v in json.loads(sums.read_text()).items() if k in SUMS}))
     else:
         target.with_suffix(".offsets.npy" if damage == "offsets missing" else ".sha256.json").unlink()
     capsys.readouterr()
     again = Trainer(cfg, data).fit(MemoryRecorder()).test_metrics
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and target.name in warnings[0] and "building it again" in warnings[0]
+    if damage == "no identity":
+        assert warnings == [] and set(json.loads(target.with_suffix(".sha256.json").read_text())) > SUMS
+    else:
+        assert len(warnings) == 1 and target.name in warnings[0] and "building it again" in warnings[0]
+    if damage == "another split's store":
+        assert "it is another store: key " in warnings[0] or "it holds other texts" in warnings[0]
     assert again == first
     assert verify(target) is None

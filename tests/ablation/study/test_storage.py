@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -107,3 +108,35 @@ def test_a_torn_journal_line_is_dropped_with_one_warning_and_the_study_goes_on(
     assert len(warnings) == 1 and str(journal) in warnings[0] and "cut short" in warnings[0]
     assert journal.read_bytes().startswith(whole) and journal.read_bytes().endswith(b"\n")
     assert "done" in summary and len(Tracker(uri).search("smoke", {})) == smoke_study.runs_after_first
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut in half", "no op_code"])
+def test_a_journal_that_lost_entries_is_refused_and_nothing_runs_again(
+    smoke_study: SmokeStudy, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ablation.cli import main
+
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
+    shutil.copytree(smoke_study.root / "run", tmp_path / "run")
+    journal = tmp_path / "run" / "optuna.journal"
+    if damage == "deleted":
+        journal.unlink()
+    elif damage == "cut in half":
+        data = journal.read_bytes()
+        journal.write_bytes(data[: len(data) // 2 + 7])  # mid-line, as a copy cut short leaves it
+    else:
+        with journal.open("a") as f:
+            f.write('{"worker_id": "x", "study_id": 0}\n')  # valid JSON, but no journal operation
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("smoke").experiment_id]))
+    args = ["run", "--config", str(SMOKE), "--corpus", str(smoke_study.corpus), "--tracking-uri", uri]
+    args += ["--run-dir", str(tmp_path / "run"), "--no-report", *[a for s in FIXTURE for a in ("--set", s)]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    if damage == "no op_code":
+        assert "is not an Optuna journal entry" in err
+    else:
+        assert "lacks" in err and "entries were lost" in err and "nothing was run again" in err, err
+    after = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("smoke").experiment_id])
+    assert len(after) == before
