@@ -13,7 +13,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from ablation.config import one_line
-from ablation.errors import UserError
+from ablation.errors import RedactingStream, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,27 +201,27 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
 def _cmd_services(args: argparse.Namespace) -> int:
     import signal
 
-    from ablation.tracking.services import MlflowServer, Postgres
+    from ablation.tracking.services import CREDENTIALS, PGPASS, start_services
 
     folder = Path(args.dir).resolve()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"services: {folder} is a file, not a folder")
-    pg = Postgres(folder, args.pg_port).start()
-    server = None
+    pg, server = start_services(folder, args.pg_port, args.port)
     try:
-        if not (folder / ".databases").exists():
-            for name in ("optuna", "mlflow"):
-                pg.create_database(name)
-            (folder / ".databases").write_text("optuna mlflow\n")
-        server = MlflowServer(pg.url("mlflow"), folder / "artifacts", args.port, folder / "mlflow.log").start()
-        print(f"PostgreSQL: {pg.url('optuna')} (Optuna storage and the study lock)")
-        print(f"MLflow:     {server.url} (tracking server, PostgreSQL backend; artifacts in {folder / 'artifacts'})")
-        print(f"use: make ablation ARGS='--tracking-uri {server.url} --set study.storage={pg.url('optuna')}'")
+        storage = pg.url("optuna")
+        print(f"PostgreSQL: {storage} (Optuna storage and the study lock; password in {folder / PGPASS})")
+        print(f"MLflow:     {server.url} (tracking server with basic auth; credentials in {folder / CREDENTIALS})")
+        print("Both listen on 127.0.0.1 only and let in only who has those two files (mode 0600).")
+        print(f"here:       make ablation ARGS='--tracking-uri {server.url} --set study.storage={storage}'")
+        print(
+            f"elsewhere:  copy {PGPASS} and {CREDENTIALS} into that machine's .services/ (scp -p; keep them 0600), "
+            f"open a tunnel (ssh -N -L {args.pg_port}:127.0.0.1:{args.pg_port} -L {args.port}:127.0.0.1:{args.port} "
+            "<this host>), then the same make command"
+        )
         print("Ctrl-C stops both (the data stays in the folder for the next start)", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        if server is not None:
-            server.stop()
+        server.stop()
         pg.stop()
     return 0
 
@@ -278,9 +278,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         print(
             f"(study {args.study}: its arms side by side with the zero-shot reference; the chart tab holds the charts)"
         )
+    if args.print_only:
+        return 0
     mlflow = Path(sys.executable).with_name("mlflow")
-    command = [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
-    return subprocess.call(command) if not args.print_only else 0
+    command = [str(mlflow), "ui", "--host", "127.0.0.1", "--port", str(args.port)]
+    # the store's URL by the environment, not the command line, where `ps` shows it to every user
+    return subprocess.call(command, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +385,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (RedactingStream(s) for s in streams)  # no password is ever printed
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from ablation.io import REPO_ROOT
+    from ablation.tracking.services import SERVICES_ENV, use_credentials
+
+    use_credentials(Path(os.environ.get(SERVICES_ENV) or REPO_ROOT / ".services"))  # `make services` files
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

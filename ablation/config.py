@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from ablation.data.tasks import TASKS
-from ablation.errors import UserError
+from ablation.errors import UserError, redact
 
 __all__ = [
     "PER_MACHINE",
@@ -406,8 +406,8 @@ def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]
 
 
 def dump_yaml(cfg: BaseModel) -> str:
-    """A config as YAML text."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """A config as YAML text, with the password of any URL in it masked (it is recorded and shown)."""
+    return redact(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from ablation.data.tasks import TASKS
+from ablation.errors import redact
 from ablation.evaluation.ranking import metric_label
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.anchors import anchors_section, anchors_table
@@ -326,8 +327,8 @@ def build_report(
         ),
         paths.summary,
     )
-    write_text_atomic(to_markdown(title, sections), paths.markdown)
-    write_text_atomic(to_html(title, sections, images), paths.html)
+    write_text_atomic(redact(to_markdown(title, sections)), paths.markdown)
+    write_text_atomic(redact(to_html(title, sections, images)), paths.html)
     tracker = Tracker(uri)
     for p in (paths.html, paths.markdown, paths.summary):
         tracker.log_artifact(runs.study_run.info.run_id, p, "report")

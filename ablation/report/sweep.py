@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.data.tasks import TASKS
+from ablation.errors import redact
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
 from ablation.report.anchors import anchors_section, anchors_table
 from ablation.report.build import ReportPaths, build_report
@@ -201,8 +202,8 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     paths = ReportPaths(out / "report.html", out / "report.md", out / "summary.csv")
     write_csv_atomic(pd.concat([rows, means.assign(kind="mean")], ignore_index=True), paths.summary)
     title = f"Sweep report: {name}"
-    write_text_atomic(to_markdown(title, sections), paths.markdown)
-    write_text_atomic(to_html(title, sections, images), paths.html)
+    write_text_atomic(redact(to_markdown(title, sections)), paths.markdown)
+    write_text_atomic(redact(to_html(title, sections, images)), paths.html)
     tracker = Tracker(uri)
     tracker.set_tags(sweep_run.info.run_id, {NOTE_TAG: answer})
     view = view_state(name, VIEW_COLUMNS, (), sweep=True)

@@ -29,7 +29,7 @@ import torch
 
 from ablation.config import ExperimentConfig, differences, dump_yaml, shared_settings
 from ablation.data.run_data import RunData, load_run_data
-from ablation.errors import UserError
+from ablation.errors import RedactingStream, UserError
 from ablation.io import REPO_ROOT
 from ablation.runtime import INTERRUPTS, resolve_device
 from ablation.study.context import StudyContext, check_objective, queue_name
@@ -279,6 +279,7 @@ def _worker_main(
     """A worker process: it starts with the interrupt signals blocked (the parent blocks them while it
     spawns), so a Ctrl-C during start-up waits until the handler is in place and ends it quietly."""
     INTERRUPTS.install()  # SIGTERM (also from the parent's death) ends the open run KILLED, like Ctrl-C
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS.SIGNALS)
         _die_with_parent()

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ablation.errors import redact
 from ablation.io import REPO_ROOT
 from ablation.runtime import INTERRUPTS
 from ablation.tracking import sqlite_store
@@ -202,14 +203,14 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            self.client.set_tag(run_id, key, redact(str(value)))
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, text, path)
+        self.client.log_text(run_id, redact(text), path)
 
     def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_experiment_tag(experiment_id, key, str(value))
+            self.client.set_experiment_tag(experiment_id, key, redact(str(value)))
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
         self.client.log_figure(run_id, figure, path)
@@ -235,20 +236,19 @@ class Tracker:
         """Log finite `metrics` at `step` to a run (also a finished one: aggregates are added afterwards)."""
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        for chunk in chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
 
     def log_history(self, run_id: str, key: str, steps: list[int], values: list[float]) -> None:
         """A metric's curve: `values[i]` at step `steps[i]` (non-finite values skipped)."""
         now = int(time.time() * 1000)
         items = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        for chunk in chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        for chunk in chunks(_params(params), 100):
+            self.client.log_batch(run_id, params=chunk)
 
     @contextlib.contextmanager
     def run(
@@ -329,14 +329,12 @@ class RunRecorder:
         self._buffer.clear()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self._write("log_batch", params=items[i : i + 100])
+        for chunk in chunks(_params(params), 100):
+            self._write("log_batch", params=chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), 100):
-            self._write("log_batch", tags=items[i : i + 100])
+        for chunk in chunks([RunTag(k, redact(str(v))) for k, v in tags.items()], 100):
+            self._write("log_batch", tags=chunk)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer finite metrics at `step` (non-finite values are skipped: MLflow would store NaN rows)."""
@@ -353,7 +351,7 @@ class RunRecorder:
             self._write("log_batch", metrics=chunk)
 
     def log_text(self, text: str, path: str) -> None:
-        self._write("log_text", text, path)
+        self._write("log_text", redact(text), path)
 
     def log_artifact(self, local_path: str | Path, folder: str | None = None) -> None:
         self._write("log_artifact", str(local_path), folder)
@@ -368,11 +366,22 @@ class RunRecorder:
         try:
             self.flush()
             if reason:
-                self._write("set_tag", "failure", reason[:5000], guarded=finishing)
+                self._write("set_tag", "failure", redact(reason)[:5000], guarded=finishing)
             self._write("set_terminated", status, guarded=finishing)
         except RunSuperseded:
             if finishing:
                 raise  # not FINISHED: the run is the other worker's now
+
+
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """`items` in consecutive pieces of at most `size` (MLflow's log_batch takes 1000 metrics or 100 params
+    or tags per call)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _params(params: Mapping[str, Any]) -> list[Param]:
+    """Params as MLflow takes them: text of at most 6000 characters, with passwords masked."""
+    return [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
 
 
 def package_versions() -> dict[str, str]:

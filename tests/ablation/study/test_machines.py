@@ -124,6 +124,10 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.time()
 
 
+def _queues(study: str) -> list[str]:
+    return [f"{study}-zero-shot", *(f"{study}-{arm}{kind}" for arm in ARMS for kind in ("", "-final"))]
+
+
 def _stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
@@ -150,9 +154,20 @@ def test_three_machines_one_killed_one_with_two_workers_and_a_replacement(
     failed = failed[arm]
     recovery = failed[0].datetime_complete.timestamp() - killed_at
     print(f"\nkilled machine's trial failed {recovery:.1f} s after the kill (lease {LEASE_S} s); points {points}")
-    assert recovery < LEASE_S + 10
-    workers = {t.user_attrs["worker"] for arm in ARMS for t in _trials(services, f"{study}-{arm}")}
-    assert len(workers) >= 3
+    # retried work comes first: no item was taken between the retry's queueing and the retry itself
+    everything = [t for q in _queues(study) for t in _trials(services, q)]
+    retry = next(
+        t
+        for t in everything
+        if t.system_attrs.get("failed_trial") == failed[0].number
+        and t.number != failed[0].number
+        and t.user_attrs.get("slot") == failed[0].user_attrs.get("slot")
+    )
+    queued = failed[0].datetime_complete
+    taken_after = [
+        t for t in everything if t.datetime_start is not None and t.datetime_start > queued and t.number != retry.number
+    ]
+    assert all(retry.datetime_start <= t.datetime_start for t in taken_after), (retry.datetime_start, queued)
 
 
 def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_path: Path, services: Services) -> None:
@@ -166,6 +181,7 @@ def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_pa
     }
     stopped: dict[str, float] = {}
     resumed: set[str] = set()
+    resumed_at: dict[str, float] = {}
     deadline = time.monotonic() + 900
     while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
         for name in ("a", "c"):
@@ -175,6 +191,7 @@ def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_pa
             if name in stopped and name not in resumed and time.time() > stopped[name] + 3 * LEASE_S:
                 p.send_signal(signal.SIGCONT)
                 resumed.add(name)
+                resumed_at[name] = time.time()
         time.sleep(0.1)
     assert set(stopped) == {"a", "c"}, stopped
     for name, p in procs.items():
@@ -182,15 +199,14 @@ def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_pa
     _check_study(services, study, tmp_path)
     assert "study lock was taken over" in _log(tmp_path / "a")
     assert "failed while this worker was stopped" in _log(tmp_path / "c")
-    queues = [f"{study}-zero-shot", *(f"{study}-{arm}{kind}" for arm in ARMS for kind in ("", "-final"))]
-    trials = [t for q in queues for t in _trials(services, q)]
+    trials = [t for q in _queues(study) for t in _trials(services, q)]
     went_on = min(t.datetime_start.timestamp() for t in trials if t.datetime_start.timestamp() > stopped["a"])
     failed = [t for arm in ARMS for t in _trials(services, f"{study}-{arm}-final") if t.state == TrialState.FAIL]
     assert len(failed) == 1  # c's final, failed by the others and retried
     recovery = failed[0].datetime_complete.timestamp() - stopped["c"]
     waited = went_on - stopped["a"]
     print(f"\nothers took an item {waited:.1f} s after a froze in the lock; c's final failed {recovery:.1f} s later")
-    assert waited < LEASE_S + 10 and recovery < LEASE_S + 10
+    assert went_on < resumed_at["a"]  # the others went on while a was frozen, not after it came back
 
 
 def test_machines_survive_a_database_and_a_tracking_server_restart(
@@ -219,6 +235,50 @@ def test_machines_survive_a_database_and_a_tracking_server_restart(
     services.server.start()
     for i, p in enumerate(machines):
         assert p.wait(timeout=900) == 0, _log(tmp_path / f"r{i}")
+    _check_study(services, study, tmp_path)
+    # outages shorter than the lease: both machines lived, so no trial was failed as stale and none redone
+    failed = [t for q in _queues(study) for t in _trials(services, q) if t.state == TrialState.FAIL]
+    assert not failed, [(t.number, t.user_attrs) for t in failed]
+
+
+def _postgres_processes(pg: Postgres) -> list[int]:
+    """The postmaster and every process it started (backends, background workers)."""
+    main = int((pg.data / "postmaster.pid").read_text().split()[0])
+    children = [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").exists() and _ppid(p) == main
+    ]
+    return [main, *children]
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_hung_database_never_crashes_a_machine(corpus: Path, tmp_path: Path, services: Services) -> None:
+    """PostgreSQL frozen (SIGSTOP of the postmaster and its backends) for 3 × lease_s mid-study, then thawed:
+    a machine whose trial was taken over meanwhile steps aside and goes on; every machine ends with 0."""
+    study = "smoke-hung"
+    machines = [_machine(corpus, services, tmp_path / f"h{i}", study, sets=("train.epochs=4",)) for i in range(2)]
+    client = MlflowClient(services.tracking)
+
+    def trials_done() -> bool:
+        exp = client.get_experiment_by_name(study)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        return any(r.data.tags.get("role") == "trial" and r.info.status == "FINISHED" for r in runs)
+
+    _wait(trials_done, 600, "a finished trial")
+    frozen = _postgres_processes(services.pg)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(3 * LEASE_S)
+    for pid in frozen:
+        os.kill(pid, signal.SIGCONT)
+    for i, p in enumerate(machines):
+        assert p.wait(timeout=900) == 0, _log(tmp_path / f"h{i}")
+        assert "error:" not in _log(tmp_path / f"h{i}"), _log(tmp_path / f"h{i}")
     _check_study(services, study, tmp_path)
 
 
