@@ -31,6 +31,7 @@ from ablation.report.publish import publish
 from ablation.report.reader import StudyRuns, read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
 from ablation.report.tables import against_zero_shot, comparisons, headline, headline_metrics, param_table, summary
+from ablation.tracking.view import run_url, ui_base
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ def build_report(
     head.p(
         f"Per seed (MLflow: experiment {runs.study_run.info.experiment_id} at {uri}; study run "
         f"{runs.study_run.info.run_id}; `make ui` opens it):"
-    ).table(per_seed_table(runs, arms))
+    ).table(per_seed_table(runs, arms, lambda run: run_url(ui_base(uri), runs.study_run.info.experiment_id, run)))
     if "forest.png" in images:
         head.figure("forest.png", "Each arm minus the reference per task, with the Holm-adjusted intervals")
     sections += [

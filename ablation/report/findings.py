@@ -4,6 +4,7 @@ against the untrained encoder, and tuning."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -309,9 +310,9 @@ def tuning_section(
     return s
 
 
-def per_seed_table(runs: StudyRuns, arms: list[str]) -> Table:
+def per_seed_table(runs: StudyRuns, arms: list[str], link: Callable[[str], str] | None = None) -> Table:
     """One row per final run: arm, seed, mean test acc@1 (retrieval and rerank; all and unseen queries) and
-    its MLflow run id, so that any number of the report can be traced to its run."""
+    its MLflow run id (linked to its page with `link`), so that any number of the report can be traced."""
     keys = [
         ("retrieval, all", "metrics.test/retrieval/acc_at_1/mean"),
         ("retrieval, unseen", "metrics.test/unseen/retrieval/acc_at_1/mean"),
@@ -322,7 +323,8 @@ def per_seed_table(runs: StudyRuns, arms: list[str]) -> Table:
         for _, r in runs.finals(arm).sort_values("seed").iterrows():
             cells = [f"{r[k]:.3f}" if k in r and pd.notna(r[k]) else "—" for _, k in keys]
             rows.append([arm, str(r["seed"]), *cells, str(r["run_id"])])
-    return Table(["arm", "seed", *(f"acc@1 {name}" for name, _ in keys), "MLflow run"], rows)
+    links = {(i, len(keys) + 2): link(row[-1]) for i, row in enumerate(rows)} if link else {}
+    return Table(["arm", "seed", *(f"acc@1 {name}" for name, _ in keys), "MLflow run"], rows, links=links)
 
 
 def discussion_section(summary: pd.DataFrame, counts: pd.DataFrame, arms: list[str]) -> Section:

@@ -11,11 +11,12 @@ import jinja2
 
 @dataclass
 class Table:
-    """A simple table: header, rows of cell strings, and which cells are bold."""
+    """A simple table: header, rows of cell strings, which cells are bold, and which link somewhere."""
 
     header: list[str]
     rows: list[list[str]]
     bold: set[tuple[int, int]] = field(default_factory=set)
+    links: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) → URL
 
 
 @dataclass

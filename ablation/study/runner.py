@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 import torch
+from optuna_dashboard import save_note
 
 from ablation.config import ExperimentConfig, differences, dump_yaml, shared_settings
 from ablation.data.run_data import RunData, load_run_data
@@ -49,6 +50,16 @@ INTERRUPT_AT = "ABLATION_INTERRUPT_AT"
 worker process started, while it is still starting up."""
 
 SETTINGS = "settings"  # user attr of every queue, and artifact of the study run: the settings it started with
+
+
+QUEUE_NOTES = {
+    "tuning": "Tuning queue of arm **{arm}** in study {study}: one trial per point of the random-negative "
+    "schedule; the best trial's parameters are the arm's for its final runs.",
+    "final": "**Final-seed queue** of arm **{arm}** in study {study}: one trial per seed, all with the arm's "
+    "tuned parameters. Nothing is tuned here: its 'best trial' is only the luckiest seed.",
+    "zero-shot": "The **zero-shot reference** of study {study}: the untrained encoder, evaluated once.",
+}
+"""What optuna-dashboard shows as each queue's note."""
 
 
 class StudyIncomplete(RuntimeError):
@@ -209,12 +220,13 @@ def open_study(
     ctx.progress = Progress(s.objective, total, lambda: ctx.state().runs_done)
     try:
         with ctx.lock() as held:
-            for _, _, queue in ctx.queues():
+            for kind, arm, queue in ctx.queues():
                 recorded = queue.user_attrs.get(SETTINGS)
                 check_same(s.name, recorded, settings, "by a process that started at the same time")
                 if recorded is None:
                     held.check()
                     queue.set_user_attr(SETTINGS, settings)
+                    save_note(queue, QUEUE_NOTES[kind].format(arm=arm, study=s.name))
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         queue.set_metric_names([s.objective])  # optuna-dashboard names its axis after it

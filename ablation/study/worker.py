@@ -13,6 +13,7 @@ import time
 
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard import save_note
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.study.context import COUNTED, POLL_S, SLOT, StudyContext, used
@@ -20,6 +21,7 @@ from ablation.study.queue import TrialLease, fill, pop, sample, slots
 from ablation.study.storage import LockLost, fail_stale, retry_stale
 from ablation.study.tracked_run import describe, run_tags, tracked_fit
 from ablation.tracking.store import NOTE_TAG, RunSuperseded
+from ablation.tracking.view import run_url, trial_url, ui_base
 from ablation.training.trainer import NonFiniteLoss
 
 KILL_AFTER_TRIALS = "ABLATION_KILL_AFTER_TRIALS"
@@ -216,10 +218,22 @@ def _train(
         on_epoch,
         run_test=kind == "final",
         guard=lease.guard,
-        on_create=lambda run_id: lease.write(lambda: trial.set_user_attr("mlflow_run_id", run_id)),
+        on_create=lambda run_id: _link(ctx, queue, trial, lease, run_id),
     )
     value = result.val_history[-1].get(objective) if result.val_history else None
     return value, state == "pruned"
+
+
+def _link(ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial, lease: TrialLease, run_id: str) -> None:
+    """One click between the tools: the trial names its MLflow run (id, URL, and a dashboard note with the
+    link), the run names its trial's optuna-dashboard page (tag and description)."""
+    url = run_url(ui_base(ctx.tracker.uri), ctx.tracker.experiment_id(ctx.experiment), run_id)
+    lease.write(lambda: trial.set_user_attr("mlflow_run_id", run_id))
+    lease.write(lambda: trial.set_user_attr("mlflow_url", url))
+    lease.write(lambda: save_note(trial, f"MLflow run [{run_id}]({url})"))
+    page = trial_url(queue._study_id, trial.number)
+    note = ctx.tracker.client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    ctx.tracker.set_tags(run_id, {"optuna_dashboard": page, NOTE_TAG: f"{note} Optuna trial: {page} (make dashboard)"})
 
 
 def _finished_here(queue: optuna.Study, worker: str) -> int:
@@ -245,7 +259,7 @@ def _zero_shot(
         NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
     }
     model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
-    on_create = lambda run_id: lease.write(lambda: trial.set_user_attr("mlflow_run_id", run_id))  # noqa: E731
+    on_create = lambda run_id: _link(ctx, queue, trial, lease, run_id)  # noqa: E731
     with ctx.tracker.run(ctx.experiment, "zero-shot", tags, guard=lease.guard, on_create=on_create) as rec:
         if ctx.cfg.study.level:
             rec.log_params({"study.level": ctx.cfg.study.level})

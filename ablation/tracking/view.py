@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +113,31 @@ def view_link(base_url: str, experiment_id: str, study: str) -> str:
     """The link that opens the view, on the runs page of the experiment, in the model-training workflow."""
     base = base_url.rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}&viewStateShareKey={share_key(study)}"
+
+
+UI_BASE = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+DASHBOARD_BASE = "http://127.0.0.1:8080"  # where `make dashboard` serves the tuning queues
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The address whose pages show the store's runs: the server itself (without any credentials in its URL),
+    or `make ui`'s for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(tracking_uri)
+        return urllib.parse.urlunsplit(
+            (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path.rstrip("/"), "", "")
+        )
+    return UI_BASE
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow page of one run."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
+
+
+def trial_url(study_id: int, number: int, base: str = DASHBOARD_BASE) -> str:
+    """optuna-dashboard's page of one trial."""
+    return f"{base.rstrip('/')}/dashboard/studies/{study_id}/trials?numbers={number}"
 
 
 def studies(tracking_uri: str, most: int = 20) -> list[str]:

@@ -274,3 +274,35 @@ def test_ctrl_c_while_workers_start_is_one_quiet_line_and_ends_every_run(corpus:
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, start_new_session=True)
     assert again.returncode == 0, again.stderr[-3000:]
     _check_totals(uri, 2, 2)
+
+
+def test_one_click_between_mlflow_optuna_dashboard_and_the_report(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    import shutil
+
+    from optuna_dashboard import get_note
+
+    from ablation.report.build import build_report
+
+    storage = JournalStorage(JournalFileBackend(str(smoke_study.root / "run" / "optuna.journal")))
+    runs = {r.info.run_id: r for r in _runs(smoke_study.uri)}
+    exp = next(iter(runs.values())).info.experiment_id
+    for name in ("smoke-shared", "smoke-unshared-final"):
+        queue = optuna.load_study(study_name=name, storage=storage)
+        note = get_note(queue)
+        assert ("Final-seed queue" in note) == name.endswith("-final"), note  # seed queues say what they are
+        for trial in queue.get_trials():
+            if trial.state != optuna.trial.TrialState.COMPLETE:
+                continue
+            run_id = trial.user_attrs["mlflow_run_id"]
+            assert trial.user_attrs["mlflow_url"] == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}" + (
+                "?workflowType=machine_learning"
+            )
+            page = runs[run_id].data.tags["optuna_dashboard"]
+            assert page.endswith(f"/dashboard/studies/{queue._study_id}/trials?numbers={trial.number}")
+            assert page in runs[run_id].data.tags["mlflow.note.content"]
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
+    paths = build_report("smoke", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", out_dir=str(tmp_path / "r"))
+    finals = [r for r in runs.values() if r.data.tags["role"] == "final"]
+    html = Path(paths.html).read_text()
+    for r in finals:
+        assert f'<a href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{r.info.run_id}' in html
