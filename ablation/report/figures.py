@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ablation.report.reader import StudyRuns
-from ablation.study.tuning_plots import FINAL, RATE, arm_colors, tuning_figures
+from ablation.study.tuning_plots import FINAL, RATE, tuning_figures
+from ablation.tracking.view import arm_colors
 
 
 def _seed_curves(runs: StudyRuns, arm: str, key: str) -> pd.DataFrame:
@@ -78,13 +79,21 @@ def curve_figure(
     return fig
 
 
+PARTS = ["encoder", "head", "classifier", "query_encoder", "candidate_encoder", "query_head", "candidate_head"]
+
+
+def part_colors(part: str) -> str:
+    """A colour per model part (tab10, skipping the arms' first colours' meaning: these are parts, not arms)."""
+    return f"C{PARTS.index(part) % 10}" if part in PARTS else "0.3"
+
+
 def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
     """Gradient norm of each part (encoders, heads, classifier), one panel per arm."""
     colors = arm_colors(arms)
     present = [a for a in arms if any(k[0] == a and k[2].startswith("grad_norm/") for k in runs.histories)]
     if not present:
         return None
-    fig = Figure(figsize=(4.2 * len(present), 3.6), layout="constrained")
+    fig = Figure(figsize=(5.6 * len(present), 3.6), layout="constrained")
     axes = fig.subplots(1, len(present), squeeze=False)
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
     for ax, arm in zip(axes[0], present, strict=True):
@@ -98,13 +107,14 @@ def part_norms_figure(runs: StudyRuns, arms: list[str]) -> Figure | None:
         for i, key in enumerate(keys):
             curves = _seed_curves(runs, arm, key)
             smooth = curves.rolling(max(1, len(curves) // 20), min_periods=1).mean().mean(axis=1)
-            ax.plot(smooth.index, smooth, linestyle=styles[i % len(styles)], color=colors[arm], label=key.split("/")[1])
+            part = key.split("/")[1]  # one colour per part, the same in every panel; the line style repeats it
+            ax.plot(smooth.index, smooth, linestyle=styles[i % len(styles)], color=part_colors(part), label=part)
         _plain_log_axis(ax)
-        ax.set_title(arm)
+        ax.set_title(arm, color=colors[arm])
         ax.set_xlabel("training step")
         ax.set_ylabel("gradient L2 norm (pre-clip, log scale)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the data, not on it
     return fig
 
 
@@ -149,7 +159,7 @@ def report_figures(
             runs,
             arms,
             "loss/total",
-            "loss: triplet + CE pos + CE neg",
+            f"loss: {(runs.config.get('train') or {}).get('loss', 'triplet')} + CE pos + CE neg",
             "Convergence: training loss",
             smooth=True,
         ),
@@ -169,7 +179,7 @@ def report_figures(
             "validation reranked acc@1 (mean of tasks)",
             "Convergence: reranked validation accuracy",
             xlabel="epochs trained (0 = before any step)",
-            reference=zero_val,
+            reference=(f"{zero_val[0]}, retrieval (it has no reranker)", zero_val[1]) if zero_val else None,
         ),
         "grad_norm.png": curve_figure(
             runs,

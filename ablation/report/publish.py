@@ -50,7 +50,7 @@ VIEW_COLUMNS = tuple(
 """The headline metrics (all and unseen queries) as the MLflow view's columns, each with its `_std`."""
 VIEW_CURVES = ("val/retrieval/acc_at_1/mean", "epoch/loss/total", "epoch/grad_norm/total")
 """The MLflow view's line charts: validation acc@1 and the epoch means of the training loss and of the
-pre-clip gradient norm, one point per epoch; each group's line is the mean over its seeds."""
+pre-clip gradient norm, one point per epoch; each arm run's line is the mean over its seeds."""
 
 
 def headline_comparison(comp: pd.DataFrame) -> dict[str, float]:

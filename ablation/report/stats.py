@@ -131,10 +131,12 @@ def adjusted_interval(
 
 def detectable(se: float, df: float, family: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true difference that a row with this standard error finds with `power` at the
-    family-wise level α over `family` rows (Bonferroni, which Holm's first step is): (t_{1−α/2m} + z_power)·se."""
+    family-wise level α over `family` rows (Bonferroni, which Holm's first step is):
+    (t_{1−α/2m, df} + t_{power, df})·se. The power quantile is t's too: with the few degrees of freedom
+    that 3 seeds give, the normal one promised 80 % where simulated studies found 63 %."""
     if not math.isfinite(se) or se <= 0:
         return float("nan")
-    return float(stats.t.ppf(1 - alpha / (2 * max(1, family)), df) + stats.norm.ppf(power)) * se
+    return float(stats.t.ppf(1 - alpha / (2 * max(1, family)), df) + stats.t.ppf(power, df)) * se
 
 
 def correctness(per_query: dict[str, pd.DataFrame], task: str | None, mode: str, slice_: str = "all") -> pd.DataFrame:

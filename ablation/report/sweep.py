@@ -16,7 +16,7 @@ from ablation.report.anchors import anchors_section, anchors_table
 from ablation.report.build import ReportPaths, build_report
 from ablation.report.findings import SIDES, as_comparison, beats_untrained
 from ablation.report.levels import find_sweep, level_order
-from ablation.report.publish import VIEW_COLUMNS
+from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES
 from ablation.report.reader import read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
 from ablation.report.stats import MIN_SEEDS
@@ -206,7 +206,7 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     write_text_atomic(redact(to_html(title, sections, images)), paths.html)
     tracker = Tracker(uri)
     tracker.set_tags(sweep_run.info.run_id, {NOTE_TAG: answer})
-    view = view_state(name, VIEW_COLUMNS, (), sweep=True)
+    view = view_state(name, VIEW_COLUMNS, VIEW_CURVES, sweep=True)
     tracker.set_experiment_tags(sweep_run.info.experiment_id, {NOTE_TAG: answer, **view_tag(name, view)})
     for p in (paths.html, paths.markdown, paths.summary):
         tracker.log_artifact(sweep_run.info.run_id, p, "report")

@@ -8,7 +8,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ablation.study.tuning_plots import arm_colors
+from ablation.report.stats import MIN_SEEDS
+from ablation.tracking.view import arm_colors
 
 _STYLE = {"all": ("-", "o", 0.0), "unseen": ("--", "s", 0.12)}
 
@@ -30,7 +31,7 @@ def sweep_figure(
     effects = rows[rows["kind"] == "effect"] if not rows.empty else rows
     if effects.empty or len(arms) < 2:
         return None
-    colors = {**arm_colors(arms), "zero-shot": "0.45"}
+    colors = arm_colors(arms)
     x = {label: i for i, label in enumerate(levels)}
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -40,17 +41,23 @@ def sweep_figure(
             e = effects[(effects["slice"] == slice_) & (effects["arm"] == arm)]
             if e.empty:
                 continue
-            xs = _intervals(left, e, "diff", colors[arm], f"{slice_} queries", capsize=4, **style)
+            xs = _intervals(left, e, "diff", colors[arm], f"{arm}, {slice_} queries", capsize=4, **style)
             for xi, (_, r) in zip(xs, e.iterrows(), strict=True):
-                if not r["significant"]:
-                    left.plot(xi, r["diff"], marker, color="white", markeredgecolor=colors[arm])
+                if not r["significant"]:  # hollow, drawn above the error bar's filled marker
+                    left.plot(xi, r["diff"], marker, mfc="white", mec=colors[arm], zorder=5)
         for arm in (*arms, "zero-shot"):
             m = means[(means["slice"] == slice_) & (means["arm"] == arm)]
             if not m.empty:
                 _intervals(right, m, "mean", colors[arm], f"{arm}, {slice_}", capsize=3, **style)
     left.axhline(0, color="black", linewidth=1)
-    left.set_ylabel(f"test retrieval acc@1, {arms[1]} − {arms[0]}")
-    left.set_title("Arm effect per level (Holm-adjusted 95 % CI; hollow: not called)")
+    left.set_ylabel(f"test retrieval acc@1, arm − {arms[0]}")
+    untested = effects["n_seeds"].min() < MIN_SEEDS
+    seeds = int(effects["n_seeds"].min())
+    left.set_title(
+        f"Arm effect per level: not tested ({seeds} seeds; {MIN_SEEDS} needed)"
+        if untested
+        else "Arm effect per level (Holm-adjusted 95 % CI; hollow: not called)"
+    )
     right.set_ylabel("test retrieval acc@1 (mean over tasks)")
     right.set_title("Each arm per level (95 % CI over seeds and queries)")
     for ax in (left, right):

@@ -8,7 +8,15 @@ import pandas as pd
 from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import MODES
 from ablation.report.reader import StudyRuns
-from ablation.report.stats import MIN_SEEDS, Comparison, adjusted_interval, compare, correctness, holm
+from ablation.report.stats import (
+    MIN_SEEDS,
+    Comparison,
+    adjusted_interval,
+    compare,
+    correctness,
+    detectable,
+    holm,
+)
 
 HEADLINE = [
     ("retrieval", "acc_at_1"),
@@ -140,10 +148,17 @@ def adjust_families(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
     only: with fewer, `call` says that no call is made)."""
     frame = frame.copy()
     frame["p_adjusted"] = np.nan
+    frame["detectable"] = np.nan
     frame["ci_low_raw"], frame["ci_high_raw"] = frame["ci_low"], frame["ci_high"]
     for idx in frame.groupby(family, dropna=False).indices.values():
         rows = frame.index[idx]
         frame.loc[rows, "p_adjusted"] = holm(frame.loc[rows, "p_value"].to_numpy())
+        frame.loc[rows, "detectable"] = [
+            detectable(frame.loc[i, "se"], frame.loc[i, "df"], len(rows))
+            if frame.loc[i, "n_seeds"] >= MIN_SEEDS
+            else np.nan
+            for i in rows
+        ]
         for i in rows:
             r = frame.loc[i]
             frame.loc[i, ["ci_low", "ci_high"]] = adjusted_interval(
@@ -152,8 +167,12 @@ def adjust_families(frame: pd.DataFrame, family: list[str]) -> pd.DataFrame:
     frame["significant"] = (frame["p_adjusted"] < 0.05) & (frame["n_seeds"] >= MIN_SEEDS)
     frame["call"] = np.where(
         frame["n_seeds"] < MIN_SEEDS,
-        [f"no call ({n} seed{'s' * (n != 1)}; {MIN_SEEDS} needed)" for n in frame["n_seeds"]],
-        np.where(frame["significant"], "significant", "not significant"),
+        [f"not tested ({n} seed{'s' * (n != 1)}; {MIN_SEEDS} needed)" for n in frame["n_seeds"]],
+        np.where(
+            frame["significant"],
+            "significant",
+            [f"not significant (would find ±{d:.3f})" for d in frame["detectable"]],
+        ),
     )
     return frame
 
@@ -177,6 +196,7 @@ COMPARISON_COLUMNS = [
     "n_seeds",
     "significant",
     "call",
+    "detectable",
     "family",
 ]
 

@@ -39,11 +39,12 @@ from ablation.study.progress import Progress
 from ablation.study.storage import is_postgres
 from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
-from ablation.study.tuning_plots import arm_colors, trials_table, tuning_figures
+from ablation.study.tuning_plots import trials_table, tuning_figures
 from ablation.study.worker import best_params, work
 from ablation.tracking import sqlite_store
 from ablation.tracking.retry import RETRY_ENV
 from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
+from ablation.tracking.view import COLOR_TAG, arm_colors
 
 INTERRUPT_AT = "ABLATION_INTERRUPT_AT"
 """Fault injection, for tests of interrupts: `spawn` sends SIGINT to the process group right after the first
@@ -259,10 +260,13 @@ def _set_up_runs(ctx: StudyContext, settings: dict) -> None:
     # arm runs sit beside the study run, not under it: the UI's runs table then lists the arms (with their
     # aggregates) and the zero-shot reference at its top level, ready to compare with no expanding
     # (a sweep's levels nest instead: sweep run > level's study run > its arms, which the UI expands)
+    colors = arm_colors(list(s.arms))
     for arm in s.arms:
         tags = {"study": s.name, "role": "arm", "arm": arm}
         parent = ctx.study_run if s.parent else None
-        ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, arm, tags, parent)
+        name = f"{arm} ({s.level})" if s.level else arm  # a sweep's charts name each level's arms apart
+        ctx.arm_runs[arm] = tracker.find_or_create_run(ctx.experiment, name, tags, parent)
+        tracker.set_tags(ctx.arm_runs[arm], {COLOR_TAG: colors[arm]})
     for run in (ctx.study_run, *ctx.arm_runs.values()):
         tracker.resume(run)  # a study interrupted before is RUNNING again
     record_settings(tracker, ctx.study_run, settings)

@@ -12,16 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-"""One colour per arm, by its position in the study's arm list, in every figure of the study and report."""
-
 RATE = "negatives.random_rate"
 FINAL = "negatives.random_rate_final"
-
-
-def arm_colors(arms: list[str]) -> dict[str, str]:
-    """The colour of each arm."""
-    return {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
 
 
 def trials_table(study: object) -> pd.DataFrame:

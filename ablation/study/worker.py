@@ -21,7 +21,7 @@ from ablation.study.queue import TrialLease, fill, pop, sample, slots
 from ablation.study.storage import LockLost, fail_stale, retry_stale
 from ablation.study.tracked_run import describe, run_tags, tracked_fit
 from ablation.tracking.store import NOTE_TAG, RunSuperseded
-from ablation.tracking.view import run_url, trial_url, ui_base
+from ablation.tracking.view import COLOR_TAG, ZERO_SHOT_COLOR, arm_colors, run_url, trial_url, ui_base
 from ablation.training.trainer import NonFiniteLoss
 
 KILL_AFTER_TRIALS = "ABLATION_KILL_AFTER_TRIALS"
@@ -198,6 +198,7 @@ def _train(
         **_item_tags(ctx, queue, trial),
         "role": "final" if kind == "final" else "trial",
         "slot": str(trial.user_attrs[SLOT]),
+        COLOR_TAG: arm_colors(list(ctx.cfg.study.arms))[arm],
     }
     if kind == "tuning":
         tags["trial"] = str(trial.number)
@@ -256,6 +257,7 @@ def _zero_shot(
         "role": "zero-shot",
         "arm": "zero-shot",
         "device": describe_device(device),
+        COLOR_TAG: ZERO_SHOT_COLOR,
         NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
     }
     model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created

@@ -17,6 +17,18 @@ from typing import Any
 from ablation.tracking import sqlite_store
 from ablation.tracking.store import Tracker, quote
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+"""One colour per arm, by its position in the study's arm list: in every figure of the report and, through
+the `mlflow.runColor` tag of its runs, in MLflow's charts."""
+ZERO_SHOT_COLOR = "#737373"  # the untrained encoder: grey, no arm's colour
+COLOR_TAG = "mlflow.runColor"  # the tag MLflow's UI colours a run's lines and bars by
+
+
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """The colour of each arm, and of the zero-shot reference."""
+    return {**{arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}, "zero-shot": ZERO_SHOT_COLOR}
+
+
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -61,17 +73,16 @@ def _chart(kind: str, key: str, section: str) -> dict[str, Any]:
 
 
 def view_state(study: str, columns: Sequence[str], curves: Sequence[str], sweep: bool = False) -> dict[str, Any]:
-    """The runs page of `study`: its final runs, arm runs and zero-shot run, grouped by the `arm` tag
-    (group rows show the mean over the group's runs; an arm run carries its finals' means, so it leaves
-    the mean unchanged and adds `_std`); `columns` shown first, each with its `_std`, and drawn as bar
-    charts; line charts of `curves` per step. A `sweep`: the arm runs of every level and the zero-shot
-    reference, ungrouped, with their level beside them, one bar each."""
+    """The runs page of `study`: its arm runs (each with its finals' means and `_std`) and its zero-shot run,
+    one row, bar and line each in its own colour; `columns` shown first, each with its `_std`, and drawn as
+    bar charts; line charts of `curves` per step. A `sweep`: the arm runs of every level (named with their
+    level) and the zero-shot reference, with their level as the first column."""
     shown = [c for key in columns for c in (_column(key), _column(f"{key}_std"))]
     charts = [_chart("LINE", key, "curves") for key in curves] + [_chart("BAR", key, "test") for key in columns]
-    runs = f"tags.study = {quote(study)} and tags.role != 'trial' and tags.role != 'study'"
-    if sweep:
-        runs = f"tags.sweep = {quote(study)} and tags.role != 'trial' and tags.role != 'study' and tags.role != 'final'"
-    group = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]}
+    # the arm runs (each carries its finals' means, `_std` and mean curves) and the zero-shot run, ungrouped:
+    # each has its own colour (`mlflow.runColor`), which MLflow cannot give a group
+    owner = "sweep" if sweep else "study"
+    runs = f"tags.{owner} = {quote(study)} and tags.role != 'trial' and tags.role != 'study' and tags.role != 'final'"
     return {
         "searchFilter": runs,
         "orderByKey": "attributes.start_time",
@@ -81,7 +92,7 @@ def view_state(study: str, columns: Sequence[str], curves: Sequence[str], sweep:
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
         "selectedColumns": [*(["tags.`level`"] if sweep else []), *shown, "tags.`seed`", "tags.`role`"],
-        "columnOrder": shown,
+        "columnOrder": [*(["tags.`level`"] if sweep else []), *shown],  # MLflow orders the columns by this
         "columnWidths": {c: 210 if c.endswith("_std`") else 250 for c in shown},
         "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": charts,
@@ -90,7 +101,7 @@ def view_state(study: str, columns: Sequence[str], curves: Sequence[str], sweep:
             {"uuid": "test", "name": "Test (headline)", "display": True, "isReordered": False},
         ],
         "isAccordionReordered": True,  # keeps these sections first; MLflow appends one per metric prefix
-        "groupBy": None if sweep else group,
+        "groupBy": None,
         "groupsExpanded": {},
         "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True,

@@ -306,3 +306,12 @@ def test_one_click_between_mlflow_optuna_dashboard_and_the_report(smoke_study: S
     html = Path(paths.html).read_text()
     for r in finals:
         assert f'<a href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{r.info.run_id}' in html
+
+
+def test_every_run_carries_its_arms_colour_the_one_the_report_draws_it_in(smoke_study: SmokeStudy) -> None:
+    from ablation.tracking.view import COLOR_TAG, arm_colors
+
+    colors = arm_colors(["shared", "unshared"])
+    runs = [r for r in _runs(smoke_study.uri) if r.data.tags["role"] in ("arm", "trial", "final")]
+    assert runs and all(r.data.tags[COLOR_TAG] == colors[r.data.tags["arm"]] for r in runs)
+    assert colors["shared"] != colors["unshared"] != colors["zero-shot"] != colors["shared"]

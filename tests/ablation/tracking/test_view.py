@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 from ablation.tracking.store import Tracker
-from ablation.tracking.view import SHARE_TAG_PREFIX, share_key, study_link, view_state, view_tag
+from ablation.tracking.view import (
+    SHARE_TAG_PREFIX,
+    ZERO_SHOT_COLOR,
+    arm_colors,
+    share_key,
+    study_link,
+    view_state,
+    view_tag,
+)
 
 COLUMNS = ("test/retrieval/acc_at_1/mean", "test/unseen/retrieval/acc_at_1/mean")
 
@@ -18,17 +26,20 @@ def test_the_key_is_a_plain_token_whatever_the_study_is_called() -> None:
     assert odd != share_key("it's a study/with spaces 2")
 
 
-def test_the_view_shows_finals_grouped_by_arm_with_each_headline_and_its_std() -> None:
+def test_the_view_shows_the_arm_runs_and_zero_shot_each_in_its_colour_with_each_headline_and_its_std() -> None:
     state = view_state("it's", COLUMNS, ["epoch/loss/total"])
     assert state["searchFilter"].startswith('tags.study = "it\'s"')  # quoted as MLflow's parser reads it
     assert "tags.role != 'trial'" in state["searchFilter"] and "tags.role != 'study'" in state["searchFilter"]
+    assert "tags.role != 'final'" in state["searchFilter"]  # arm runs carry their finals' means and _std
     assert state["columnOrder"] == [
         "metrics.`test/retrieval/acc_at_1/mean`",
         "metrics.`test/retrieval/acc_at_1/mean_std`",
         "metrics.`test/unseen/retrieval/acc_at_1/mean`",
         "metrics.`test/unseen/retrieval/acc_at_1/mean_std`",
     ]
-    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "arm"}]
+    assert state["groupBy"] is None  # a group's colour lives in the browser; a run's in its mlflow.runColor tag
+    colors = arm_colors(["shared", "unshared", "shared_projection"])
+    assert len(set(colors.values())) == 4 and colors["zero-shot"] == ZERO_SHOT_COLOR
     cards = state["compareRunCharts"]
     assert [(c["type"], c["metricKey"]) for c in cards] == [("LINE", "epoch/loss/total")] + [
         ("BAR", k) for k in COLUMNS
@@ -60,6 +71,7 @@ def test_a_sweep_opens_on_the_arm_runs_of_every_level_with_the_level_first(tmp_p
     state = view_state("depth", COLUMNS, [], sweep=True)
     assert state["searchFilter"].startswith("tags.sweep = 'depth'") and "tags.role != 'final'" in state["searchFilter"]
     assert state["groupBy"] is None and state["selectedColumns"][0] == "tags.`level`"
+    assert state["columnOrder"][0] == "tags.`level`"  # MLflow orders columns by this: the level first
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)
     exp = tracker.experiment_id("depth")
