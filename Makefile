@@ -39,8 +39,8 @@ format: $(VENV)/.installed ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint ## lint, then every test (slow and real-corpus ones included)
-	$(PY) -m pytest -q
+test: lint ## lint, then every test (slow and real-corpus ones included; a missing corpus or browser fails)
+	ABLATION_REQUIRE_ALL=1 $(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed ## run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"

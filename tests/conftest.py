@@ -152,12 +152,24 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
     return SmokeStudy(uri, root, corpus, summary, first, len(Tracker(uri).search("smoke", {})))
 
 
+REQUIRE_ALL = "ABLATION_REQUIRE_ALL"
+"""Set (by `make test` and CI): a test whose corpus or browser is missing fails instead of skipping."""
+
+
+def missing(why: str) -> None:
+    """Skip for a missing corpus or browser on a developer's machine; fail where every test must run."""
+    if os.environ.get(REQUIRE_ALL):
+        pytest.fail(f"{why}, and {REQUIRE_ALL} is set: every test must run here")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def real_corpus() -> Path:
-    """The real corpus in ARGUANA_DIR. Unset: skipped (CI sets it). Set but unreadable: the test fails."""
+    """The real corpus in ARGUANA_DIR. Unset: skipped on a developer's machine, failed where REQUIRE_ALL is
+    set (CI and `make test` set it). Set but unreadable: the test fails."""
     where = os.environ.get("ARGUANA_DIR")
     if not where:
-        pytest.skip("ARGUANA_DIR is not set (CI sets it to the shared corpus)")
+        missing("ARGUANA_DIR is not set (CI sets it to the shared corpus)")
     path = Path(where)
     if not (path / "test").is_dir() and not path.is_file():
         pytest.fail(f"ARGUANA_DIR={where} is set but not a readable ArguAna corpus")

@@ -55,10 +55,11 @@ def test_python_dash_m_and_console_script(corpus: Path) -> None:
         [sys.executable, "-m", "ablation", "data-stats", "--corpus", str(corpus / "nope")],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: corpus:")
     script = Path(sys.executable).parent / "ablation"
-    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "data-stats" in proc.stdout
 
 
@@ -77,7 +78,9 @@ def test_report_of_an_unknown_study_is_one_error_line(tmp_path: Path, capsys: py
 
 def test_make_help_lists_every_target() -> None:
     repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run(["make", "-s", "help"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-s", "help"], cwd=repo, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
     phony = next(line for line in (repo / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
     for target in phony.split(":", 1)[1].split():
         assert target in out, target

@@ -256,7 +256,7 @@ def test_an_immutable_journal_is_refused_before_anything_is_written(
     journal = tmp_path / "run" / "optuna.journal"
     journal.parent.mkdir()
     journal.write_text("")
-    if subprocess.run(["chattr", "+i", str(journal)], capture_output=True).returncode:
+    if subprocess.run(["chattr", "+i", str(journal)], capture_output=True, timeout=60).returncode:
         pytest.skip("this file system has no immutable attribute (chattr +i failed)")
     try:
         before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
@@ -267,4 +267,4 @@ def test_an_immutable_journal_is_refused_before_anything_is_written(
         assert err == f"error: study storage {journal}: cannot be written (Operation not permitted)"
         assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     finally:
-        subprocess.run(["chattr", "-i", str(journal)], check=True)
+        subprocess.run(["chattr", "-i", str(journal)], check=True, timeout=60)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -54,12 +55,15 @@ def _kill_in_level_2(cmd: list[str]) -> str:
     )
     seen, in_level_2 = [], False
     assert proc.stdout is not None
+    watchdog = threading.Timer(900, lambda: os.killpg(proc.pid, signal.SIGKILL))  # only ends a hung run
+    watchdog.start()
     for line in proc.stdout:
         seen.append(line)
         in_level_2 = in_level_2 or "level 2 of 2" in line
         if in_level_2 and line.startswith("[progress] "):
             os.killpg(proc.pid, signal.SIGKILL)
             break
+    watchdog.cancel()
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
     return "".join(seen)
@@ -81,7 +85,9 @@ def test_a_sweep_of_two_levels_resumes_after_a_kill_in_level_2_and_reports_per_l
     assert any(r.info.status == "RUNNING" for r in before)  # the kill left level 2 open
     level_1 = [r for r in before if r.data.tags.get("study") == "smoke.freeze_layers-1"]
     # resumed with 2 worker processes: the level is shared between them as any study is
-    again = subprocess.run([*cmd, "--no-report", "--workers", "2"], cwd=REPO, capture_output=True, text=True)
+    again = subprocess.run(
+        [*cmd, "--no-report", "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep 'smoke' (2 levels) done" in again.stdout
     progress = [line for line in again.stderr.splitlines() if line.startswith("[progress] ")]
@@ -137,7 +143,11 @@ def test_a_sweep_of_two_levels_resumes_after_a_kill_in_level_2_and_reports_per_l
     # the same sweep with other levels is refused before anything is written
     changed = [*sets[:-1], "study.sweep={model.freeze_layers: [1, 2]}"]
     refused = subprocess.run(
-        [*_cmd(corpus, uri, tmp_path / "run", changed), "--no-report"], cwd=REPO, capture_output=True, text=True
+        [*_cmd(corpus, uri, tmp_path / "run", changed), "--no-report"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert refused.returncode == 2 and "study 'smoke' was started" in refused.stderr, refused.stderr[-2000:]
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)

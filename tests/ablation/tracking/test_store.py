@@ -106,10 +106,14 @@ def test_system_metrics_are_sampled_while_a_run_lasts_and_off_when_asked(tmp_pat
     import time
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    wanted = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
     with tracker.run("sys", "on", {"role": "test"}, system_metrics_s=0.2) as rec:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 120  # only ends a hung test: the assertion is that samples arrive
+        while not wanted <= set(tracker.client.get_run(rec.run_id).data.metrics):
+            assert time.monotonic() < deadline, "no system metrics were sampled while the run lasted"
+            time.sleep(0.2)
     with tracker.run("sys", "off", {"role": "test"}) as off:
-        time.sleep(0.5)
+        pass
     on_metrics = tracker.client.get_run(rec.run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(on_metrics)
     assert not [k for k in tracker.client.get_run(off.run_id).data.metrics if k.startswith("system/")]
