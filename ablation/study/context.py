@@ -16,8 +16,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData
-from ablation.errors import UserError
-from ablation.evaluation.ranking import MODES, metric_names
 from ablation.study.progress import Progress
 from ablation.study.state import StudyState, row_of, study_state
 from ablation.study.storage import StudyLock, WorkerFile, heartbeats, open_storage, retry_stale
@@ -128,20 +126,3 @@ class StudyContext:
         self.lock.close()
         if self.liveness is not None:
             self.liveness.close()
-
-
-def check_objective(cfg: ExperimentConfig) -> None:
-    """The objective must name a validation metric the trainer records."""
-    parts = cfg.study.objective.split("/")
-    metrics = metric_names(cfg.eval.ks)
-    if (
-        len(parts) != 4
-        or parts[0] != "val"
-        or parts[1] not in MODES
-        or parts[2] not in metrics
-        or parts[3] not in (*cfg.eval.val_tasks, "mean")
-    ):
-        raise UserError(
-            f"config: study.objective {cfg.study.objective!r} is not a validation metric "
-            "(val/<retrieval|rerank>/<acc_at_1|mrr|recall_at_K>/<task|mean>)"
-        )

@@ -19,38 +19,29 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 import torch
 from optuna_dashboard import save_note
 
-from ablation.config import ExperimentConfig, differences, dump_yaml, shared_settings
-from ablation.data.run_data import RunData, load_run_data
+from ablation.config import ExperimentConfig, dump_yaml
 from ablation.errors import RedactingStream, UserError
-from ablation.io import REPO_ROOT
 from ablation.runtime import INTERRUPTS, resolve_device
-from ablation.study.context import StudyContext, check_objective, queue_name
-from ablation.study.preflight import preflight
+from ablation.study.context import StudyContext
+from ablation.study.preflight import SETTINGS, check_same, check_study
 from ablation.study.progress import Progress
 from ablation.study.storage import is_postgres
 from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
 from ablation.study.tuning_plots import trials_table, tuning_figures
 from ablation.study.worker import best_params, work
-from ablation.tracking import sqlite_store
-from ablation.tracking.retry import RETRY_ENV
-from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions, resolve_tracking_uri
+from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions
 from ablation.tracking.view import COLOR_TAG, arm_colors
 
 INTERRUPT_AT = "ABLATION_INTERRUPT_AT"
 """Fault injection, for tests of interrupts: `spawn` sends SIGINT to the process group right after the first
 worker process started, while it is still starting up."""
-
-SETTINGS = "settings"  # user attr of every queue, and artifact of the study run: the settings it started with
 
 
 QUEUE_NOTES = {
@@ -67,143 +58,10 @@ class StudyIncomplete(RuntimeError):
     """The workers stopped and the study still lacks something (named in the message)."""
 
 
-def _settings(cfg: ExperimentConfig, data: RunData) -> dict[str, Any]:
-    return {**shared_settings(cfg), "corpus_digest": data.digest}
-
-
-def _read_storage(cfg: ExperimentConfig, run_dir: Path) -> optuna.storages.BaseStorage | None:
-    """The study's Optuna storage, opened without writing anything (None: it holds nothing yet)."""
-    url = cfg.study.storage
-    if url:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if is_postgres(url) else {})
-        try:
-            if "studies" not in sa.inspect(engine).get_table_names():
-                return None
-        finally:
-            engine.dispose()
-        return optuna.storages.RDBStorage(url)
-    if (run_dir / "optuna.journal").is_file():
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    return None
-
-
-def _recorded(storage: optuna.storages.BaseStorage | None, cfg: ExperimentConfig) -> dict[str, Any] | None:
-    """The settings this study's queues were started with (None: new)."""
-    if storage is None:
-        return None
-    for arm in cfg.study.arms:
-        try:
-            study_id = storage.get_study_id_from_name(queue_name(cfg.study.name, "tuning", arm))
-        except KeyError:
-            continue
-        found = storage.get_study_user_attrs(study_id).get(SETTINGS)
-        if found is not None:
-            return found
-    return None
-
-
-def reconcile(storage: optuna.storages.BaseStorage | None, cfg: ExperimentConfig, uri: str, where: str) -> None:
-    """The Optuna storage holds every item MLflow holds a finished run of: a journal deleted or cut (or a
-    database emptied) would otherwise make the study run its work again. Read only."""
-    if sqlite_store.missing(uri):
-        return
-    tracker = Tracker(uri)
-    done = [
-        r
-        for r in tracker.search(cfg.tracking.experiment or cfg.study.name, {"study": cfg.study.name}, "FINISHED")
-        if r.data.tags.get("role") in ("trial", "final", "zero-shot") and "optuna_trial" in r.data.tags
-    ]
-    numbers: dict[str, set[int]] = {}
-    lost = []
-    for run in done:
-        queue = run.data.tags["optuna_study"]
-        if queue not in numbers:
-            try:
-                study_id = storage.get_study_id_from_name(queue) if storage is not None else None
-            except KeyError:
-                study_id = None
-            trials = storage.get_all_trials(study_id, deepcopy=False) if study_id is not None else []
-            numbers[queue] = {t.number for t in trials}
-        if int(run.data.tags["optuna_trial"]) not in numbers[queue]:
-            lost.append(f"{queue} trial {run.data.tags['optuna_trial']}")
-    if lost:
-        raise UserError(
-            f"study {cfg.study.name!r}: its Optuna storage ({where}) lacks {len(lost)} item(s) that MLflow holds "
-            f"finished runs of (e.g. {', '.join(sorted(lost)[:3])}): entries were lost (a journal deleted or cut "
-            "short). Restore it, or give the study another study.name; nothing was run again"
-        )
-
-
-def check_same(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any], where: str) -> None:
-    diff = "; ".join(differences(recorded, settings)) if recorded is not None else ""
-    if not diff:
-        return
-    raise UserError(
-        f"study {name!r} was started ({where}) with other settings: {diff}. Use the same config, or another "
-        "study.name (only paths, devices and services may differ per machine: see the README)"
-    )
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A study that passed every check before its first write."""
-
-    cfg: ExperimentConfig
-    uri: str
-    folder: Path
-    data: RunData
-    settings: dict[str, Any]
-    experiment: str
-
-
-def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str | None) -> Checked:
-    """Every check of a study that writes nothing: config, device, folders, stores, corpus, model,
-    objective, and the settings it was started with (in Optuna and in MLflow)."""
-    check_objective(cfg)
-    os.environ[RETRY_ENV] = str(cfg.tracking.retry_s)
-    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
-    folder = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.study.name
-    preflight(cfg, uri, folder)
-    data = load_run_data(cfg, corpus)
-    settings = _settings(cfg, data)
-    experiment = cfg.tracking.experiment or cfg.study.name
-    storage = _read_storage(cfg, folder)
-    check_same(cfg.study.name, _recorded(storage, cfg), settings, "in its Optuna storage")
-    check_recorded(uri, experiment, {"study": cfg.study.name, "role": "study"}, settings)
-    reconcile(storage, cfg, uri, cfg.study.storage or str(folder / "optuna.journal"))
-    check_kind(uri, cfg.study.name, sweep=False)
-    return Checked(cfg, uri, folder, data, settings, experiment)
-
-
-def check_kind(uri: str, name: str, sweep: bool) -> None:
-    """A study name names one thing: a plain study given a sweep's name (or a sweep a plain study's) would
-    write into the other's experiment and run folder. Read only."""
-    if sqlite_store.missing(uri):
-        return
-    other = "study" if sweep else SWEEP_ROLE
-    found = Tracker(uri).search(None, {"study": name, "role": other}, limit=1)
-    if found and not (other == "study" and found[0].data.tags.get("level")):
-        what = "a plain study" if sweep else "a sweep"
-        raise UserError(f"study.name {name!r} is already {what} in {uri}; give this one another study.name")
-
-
 def record_settings(tracker: Tracker, run: str, settings: dict[str, Any]) -> None:
     """Keep the settings a run was started with (once: a resume leaves them), for `check_recorded`."""
     if tracker.read_text(run, f"{SETTINGS}.json") is None:
         tracker.log_text(run, json.dumps(settings, indent=1, sort_keys=True), f"{SETTINGS}.json")
-
-
-def check_recorded(uri: str, experiment: str, tags: dict[str, str], settings: dict[str, Any]) -> None:
-    """The settings that the run carrying `tags` was started with, if there is one, are `settings`. Read
-    only: a sqlite store that does not exist yet is not created by the check."""
-    if sqlite_store.missing(uri):
-        return
-    tracker = Tracker(uri)
-    for run in tracker.search(experiment, tags, limit=1):
-        text = tracker.read_text(run.info.run_id, f"{SETTINGS}.json")
-        check_same(tags["study"], json.loads(text) if text else None, settings, f"in MLflow at {uri}")
 
 
 def open_study(

@@ -50,7 +50,13 @@ class LockLost(RuntimeError):
 
 
 def is_postgres(url: str | None) -> bool:
-    return bool(url) and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")  # type: ignore[union-attr]
+    """Whether `url` names a PostgreSQL database (SQLAlchemy's URL parser: any driver, `postgres` alias)."""
+    if not url:
+        return False
+    try:
+        return sa.engine.make_url(url).get_backend_name() in ("postgresql", "postgres")
+    except sa.exc.ArgumentError:
+        return False
 
 
 def _retried(method: Callable) -> Callable:

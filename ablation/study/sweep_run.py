@@ -15,15 +15,8 @@ from pathlib import Path
 from ablation.config import ExperimentConfig, dump_yaml, shared_settings
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
-from ablation.study.runner import (
-    StudyIncomplete,
-    check_kind,
-    check_recorded,
-    check_study,
-    end_runs,
-    record_settings,
-    run_study,
-)
+from ablation.study.preflight import check_kind, check_recorded, check_study
+from ablation.study.runner import StudyIncomplete, end_runs, record_settings, run_study
 from ablation.study.storage import StudyLock
 from ablation.study.sweep import SWEEP_ROLE, Level, levels
 from ablation.tracking.store import NOTE_TAG, Tracker

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from ablation.errors import UserError
 
 HEADER = b"SQLite format 3\x00"
@@ -85,20 +88,31 @@ def create_store(db: Path, lock_timeout_s: float = 600) -> None:
                 q.setLevel(level)
 
 
+def database(uri: str) -> Path | None:
+    """The file a `sqlite:///<path>` URI names (SQLAlchemy's URL parser), or None for any other URI."""
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        return None
+    return (
+        Path(url.database)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        else None
+    )
+
+
 def missing(uri: str) -> Path | None:
     """The file a `sqlite:///` URI names, where it does not exist yet (else None: it exists, or the URI
     names no sqlite file)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///"))
-    return None if db.is_file() else db
+    db = database(uri)
+    return None if db is None or db.is_file() else db
 
 
 def prepare(uri: str, what: str = "tracking URI") -> None:
     """For a `sqlite:///` URI: check the file and create the store if missing, printing any repair."""
-    if not uri.startswith("sqlite:///"):
+    db = database(uri)
+    if db is None:
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     warning = check_store(db, f"{what} {uri!r}")
     if warning:
         print(warning, file=sys.stderr)

@@ -59,10 +59,8 @@ def resolve_tracking_uri(cli: str | None = None, config: str | None = None) -> s
 
 def artifact_location(uri: str) -> str | None:
     """For a SQLite store, artifacts go to `mlartifacts/` next to the database file."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :]).resolve()
-        return (db.parent / "mlartifacts").as_uri()
-    return None
+    db = sqlite_store.database(uri)
+    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
 
 
 def git_commit() -> str:
