@@ -104,6 +104,14 @@ def test_kill_after_first_trial_then_resume(corpus: Path, tmp_path: Path) -> Non
     assert "10 of 10 runs done, 0 left" in progress[-1]  # counted across processes, from MLflow
     _check_totals(uri, 3, 2)
     _check_distinct_points(storage, load_config(SMOKE, sets))
+    # the killed trial's half-written run was ended before it was hidden: KILLED, not left RUNNING
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(uri)
+    hidden = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], run_view_type=ViewType.DELETED_ONLY
+    )
+    assert hidden and all(r.info.status == "KILLED" for r in hidden), [r.info.status for r in hidden]
 
 
 def _check_distinct_points(storage: optuna.storages.BaseStorage, cfg: ExperimentConfig) -> None:
