@@ -108,3 +108,24 @@ def test_report_of_a_study_with_a_missing_arm_still_renders(smoke_study: SmokeSt
     md = paths.markdown.read_text()
     assert "## Missing results" in md and "unshared: 0 of 2 final runs finished" in md
     assert "No comparison" in md
+
+
+def test_the_report_needs_mlflow_alone(
+    smoke_study: SmokeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the run folder (its Optuna journal) and the corpus out of reach, and no ARGUANA_DIR, the report
+    is the same as one built beside them: it reads the MLflow store and its artifacts alone."""
+    here = build_report("smoke", tracking_uri=smoke_study.uri, out_dir=str(tmp_path / "here"))
+    monkeypatch.setenv("ARGUANA_DIR", str(tmp_path / "no-corpus"))
+    monkeypatch.chdir(tmp_path)
+    hidden = {
+        name: shutil.move(str(smoke_study.root / name), str(tmp_path / f"hidden-{name}")) for name in ("run", "corpus")
+    }
+    try:
+        there = build_report("smoke", tracking_uri=smoke_study.uri, out_dir=str(tmp_path / "there"))
+    finally:
+        for name, where in hidden.items():
+            shutil.move(where, str(smoke_study.root / name))
+    strip = lambda text: re.sub(r"started \S+ \S+", "", text)  # noqa: E731 - the report's own build time
+    assert strip(Path(there.markdown).read_text()) == strip(Path(here.markdown).read_text())
+    assert Path(there.summary).read_text() == Path(here.summary).read_text()

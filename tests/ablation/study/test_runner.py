@@ -323,3 +323,23 @@ def test_every_run_carries_its_arms_colour_the_one_the_report_draws_it_in(smoke_
     runs = [r for r in _runs(smoke_study.uri) if r.data.tags["role"] in ("arm", "trial", "final")]
     assert runs and all(r.data.tags[COLOR_TAG] == colors[r.data.tags["arm"]] for r in runs)
     assert colors["shared"] != colors["unshared"] != colors["zero-shot"] != colors["shared"]
+
+
+@pytest.mark.slow
+def test_trials_past_the_fixed_points_are_distinct_when_tpe_samples_in_parallel(corpus: Path, tmp_path: Path) -> None:
+    """12 trials per arm, 3 workers: the first 10 slots take the points drawn from tuning_seed, the last two
+    are sampled by TPE while other workers run; no two trials of an arm share a point."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(SMOKE, [*FIXTURE, "study.n_trials=12", "study.seeds=[1]", "train.epochs=1"])
+    run_study(cfg, corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"), workers=3)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.journal")))
+    fixed = {tuple(sorted(p.items())) for p in startup_points(cfg)}
+    for arm in cfg.study.arms:
+        done = [
+            t
+            for t in optuna.load_study(study_name=f"smoke-{arm}", storage=storage).get_trials()
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        ]
+        points = [tuple(sorted(t.params.items())) for t in done]
+        assert len(done) == 12 and len(set(points)) == 12, points
+        assert fixed <= set(points) and len(set(points) - fixed) == 2  # two sampled by TPE, both new

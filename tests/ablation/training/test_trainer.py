@@ -264,3 +264,25 @@ def test_retrieval_and_mining_use_the_similarity_the_loss_trains(data: RunData, 
     assert rec.history("val/retrieval/mrr/mean")[0] == (0, pytest.approx(by[similarity], abs=1e-9))
     assert rec.params["train.loss"] == loss
     assert len(rec.history(f"loss/{loss}")) == len(rec.history("loss/total")) > 0
+
+
+@pytest.mark.parametrize("loss", ["triplet", "contrastive"])
+def test_the_trainers_own_optimizer_moves_both_towers_of_unshared_and_the_one_of_shared(
+    data: RunData, loss: str
+) -> None:
+    from ablation.training.negatives import mine
+
+    for arm in ("unshared", "shared"):
+        trainer = Trainer(smoke_config(**{"model.sharing": arm, "train.loss": loss}), data)
+        q, c = trainer.encode_training_split(init_heads=True)
+        negs = mine(q, c, 0.5, np.random.default_rng(0), trainer.forbidden).index
+        model = trainer.model
+        before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+        trainer.train_step(np.arange(8), negs, MemoryRecorder())
+        moved = {n for n, p in model.named_parameters(remove_duplicate=False) if not torch.equal(before[n], p)}
+        for side in ("query_tower.", "cand_tower.", "query_head.", "cand_head.", "classifier."):
+            assert any(n.startswith(side) for n in moved), (arm, side)  # a shared tower moves under both names
+        if arm == "unshared":
+            q_w = dict(model.query_tower.named_parameters())
+            c_w = dict(model.cand_tower.named_parameters())
+            assert any(not torch.equal(q_w[n], c_w[n]) for n in q_w)  # they moved apart: two optimised towers
