@@ -25,6 +25,7 @@ from ablation.cli import main
 from ablation.report.build import build_report
 from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES
 from ablation.tracking.services import free_port
+from ablation.tracking.view import arm_colors
 from tests.conftest import SmokeStudy, missing
 
 pytestmark = pytest.mark.slow
@@ -172,13 +173,16 @@ def test_make_ui_prints_one_link_that_opens_the_comparison(
                 time.sleep(0.5)
         browser = Browser(tmp_path / "profile", width=3200)  # wide: the table renders only columns in view
         try:
-            table = browser.text_when(link, lambda text: "Group: shared" in text or "share key" in text)
+            table = browser.text_when(
+                link, lambda text: ("unshared" in text and VIEW_COLUMNS[0] in text) or "share key" in text
+            )
             browser.screenshot(tmp_path / "table.png")
             curves = [f"shared ({key})" for key in VIEW_CURVES]
             charts = browser.text_when(
                 f"{link}&compareRunsMode=CHART", lambda text: all(c in text for c in curves) or "share key" in text
             )
             browser.screenshot(tmp_path / "charts.png")
+            drawn = browser.call("Runtime.evaluate", expression="document.body.innerHTML")["result"]["value"]
         finally:
             browser.close()
     finally:
@@ -186,13 +190,15 @@ def test_make_ui_prints_one_link_that_opens_the_comparison(
         ui.wait(timeout=30)
     assert "shared view" in table and "share key" not in table  # the view loaded, not its error
     assert "Detect Issues" not in table  # the training runs, not the GenAI overview
-    client = MlflowClient(uri)
-    roles = {r.data.tags["arm"]: r.data.tags["role"] for r in client.search_runs([exp], "tags.role != 'study'")}
-    for arm in ("shared", "unshared", "zero-shot"):  # finals grouped by arm (zero-shot where the study has it)
-        assert (f"Group: {arm}" in table) == (arm in roles), arm
+    lines = {line.strip() for line in table.splitlines()}
+    assert {"shared", "unshared"} <= lines  # one row per arm run, carrying its finals' means and _std
     for column in VIEW_COLUMNS:  # the headline columns and their seed std are visible, not behind "Columns"
         assert column in table and f"{column}_std" in table, column
-    assert "seed1" in table and "trial0" not in table  # finals, not tuning trials
+    assert "seed1" not in table and "trial0" not in table  # the arms, not their finals or tuning trials
+    # every arm is drawn in its own colour, the one its mlflow.runColor tag and the report's figures give it
+    colors = arm_colors(["shared", "unshared"])
+    rgb = {arm: "rgb({}, {}, {})".format(*(int(c[i : i + 2], 16) for i in (1, 3, 5))) for arm, c in colors.items()}
+    assert rgb["shared"] in drawn and rgb["unshared"] in drawn and rgb["shared"] != rgb["unshared"]
     assert (tmp_path / "charts.png").read_bytes()[:4] == b"\x89PNG"
     # the chart tab opens on the per-epoch curves, one line per arm, then the headline bars
     flat = re.sub(r"\s+", " ", charts)
