@@ -35,7 +35,13 @@ def _slice_words(slice_: str, n: int) -> str:
     }.get(slice_, f"the {slice_} slice ({n:,} queries)")
 
 
-SIDES = {"shared": "one encoder shared by the argument and the candidate side (Siamese)", "unshared": "separate towers"}
+SIDES = {
+    "shared": "one encoder shared by the argument and the candidate side (Siamese)",
+    "unshared": "separate towers",
+    "shared_projection": "separate towers with one shared similarity head",
+    "shared_embeddings": "separate towers sharing the token embeddings",
+    "frozen_candidate": "separate towers with the candidate side frozen",
+}
 
 
 def _effect(c: Comparison) -> str:

@@ -27,7 +27,13 @@ def run_tags(cfg: ExperimentConfig, data: RunData) -> dict[str, str]:
     }
 
 
-SIDES = {"shared": "one encoder shared by argument and candidate (Siamese)", "unshared": "separate towers"}
+SIDES = {
+    "shared": "one encoder shared by argument and candidate (Siamese)",
+    "unshared": "separate towers",
+    "shared_projection": "separate towers with one shared similarity head",
+    "shared_embeddings": "separate towers sharing the token embeddings",
+    "frozen_candidate": "separate towers with the candidate side frozen",
+}
 
 
 def describe(role: str, arm: str, seed: int | None = None, params: dict[str, float] | None = None, **extra: str) -> str:
