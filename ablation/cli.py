@@ -398,6 +398,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from ablation.tracking.services import SERVICES_ENV, use_credentials
 
     use_credentials(Path(os.environ.get(SERVICES_ENV) or REPO_ROOT / ".services"))  # `make services` files
+    from ablation.io import git_commit
+
+    git_commit()  # the commit of the code this process imported, before the tree can change
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

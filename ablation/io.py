@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -42,3 +43,24 @@ def _umask() -> int:
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV atomically."""
     return write_text_atomic(frame.to_csv(index=False), path)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The repository's commit (with `+dirty` when the tree has changes), or `unknown`: read once per
+    process, at its start (the CLI and each worker call it first), since that is the code the process
+    runs; the tree may move on while a study runs."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -154,6 +154,7 @@ def _worker_main(
     spawns), so a Ctrl-C during start-up waits until the handler is in place and ends it quietly."""
     INTERRUPTS.install()  # SIGTERM (also from the parent's death) ends the open run KILLED, like Ctrl-C
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    git_commit()  # the code this worker imported: its runs carry this commit
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS.SIGNALS)
         _die_with_parent()

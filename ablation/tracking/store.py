@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -61,24 +60,6 @@ def artifact_location(uri: str) -> str | None:
     """For a SQLite store, artifacts go to `mlartifacts/` next to the database file."""
     db = sqlite_store.database(uri)
     return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
-
-
-def git_commit() -> str:
-    """The repository's commit (with `+dirty` when the tree has changes), or `unknown`."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def quote(value: str) -> str:
