@@ -36,18 +36,20 @@ def sweep_figure(
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     for slice_, (line, marker, shift) in _STYLE.items():
-        style = {"x": x, "shift": shift, "fmt": marker + line}
-        for arm in arms[1:]:
+        spread = 0.05  # arms side by side at a level, so that their intervals do not hide each other
+        for k, arm in enumerate(arms[1:]):
             e = effects[(effects["slice"] == slice_) & (effects["arm"] == arm)]
             if e.empty:
                 continue
+            style = {"x": x, "shift": shift + k * spread, "fmt": marker + line}
             xs = _intervals(left, e, "diff", colors[arm], f"{arm}, {slice_} queries", capsize=4, **style)
             for xi, (_, r) in zip(xs, e.iterrows(), strict=True):
                 if not r["significant"]:  # hollow, drawn above the error bar's filled marker
                     left.plot(xi, r["diff"], marker, mfc="white", mec=colors[arm], zorder=5)
-        for arm in (*arms, "zero-shot"):
+        for k, arm in enumerate((*arms, "zero-shot")):
             m = means[(means["slice"] == slice_) & (means["arm"] == arm)]
             if not m.empty:
+                style = {"x": x, "shift": shift + k * spread, "fmt": marker + line}
                 _intervals(right, m, "mean", colors[arm], f"{arm}, {slice_}", capsize=3, **style)
     left.axhline(0, color="black", linewidth=1)
     left.set_ylabel(f"test retrieval acc@1, arm − {arms[0]}")

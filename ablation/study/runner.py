@@ -27,6 +27,7 @@ from optuna_dashboard import save_note
 
 from ablation.config import ExperimentConfig, dump_yaml
 from ablation.errors import RedactingStream, UserError
+from ablation.io import git_commit
 from ablation.runtime import INTERRUPTS, resolve_device
 from ablation.study.context import StudyContext
 from ablation.study.preflight import SETTINGS, check_same, check_study
@@ -36,7 +37,7 @@ from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
 from ablation.study.tuning_plots import trials_table, tuning_figures
 from ablation.study.worker import best_params, work
-from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, package_versions
+from ablation.tracking.store import NOTE_TAG, Tracker, package_versions
 from ablation.tracking.view import COLOR_TAG, arm_colors
 
 INTERRUPT_AT = "ABLATION_INTERRUPT_AT"

@@ -11,8 +11,9 @@ import torch
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData, load_run_data
+from ablation.io import git_commit
 from ablation.study.preflight import preflight_run
-from ablation.tracking.store import NOTE_TAG, Tracker, git_commit, resolve_tracking_uri
+from ablation.tracking.store import NOTE_TAG, Tracker, resolve_tracking_uri
 from ablation.training.trainer import EpochCallback, Trainer, TrainResult
 
 
