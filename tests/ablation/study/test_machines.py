@@ -197,7 +197,10 @@ def test_frozen_lock_holder_and_frozen_final_run_step_aside(corpus: Path, tmp_pa
     for name, p in procs.items():
         assert p.wait(timeout=60) == 0, _log(tmp_path / name)
     _check_study(services, study, tmp_path)
-    assert "study lock was taken over" in _log(tmp_path / "a")
+    # a steps aside: its first write under the lost lock is refused (LockLost), or, where the others had done
+    # everything by the time it woke, it found nothing to write and ran nothing
+    log_a = _log(tmp_path / "a")
+    assert "study lock was taken over" in log_a or "[progress]" not in log_a, log_a
     assert "failed while this worker was stopped" in _log(tmp_path / "c")
     trials = [t for q in _queues(study) for t in _trials(services, q)]
     went_on = min(t.datetime_start.timestamp() for t in trials if t.datetime_start.timestamp() > stopped["a"])
