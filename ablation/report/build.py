@@ -223,7 +223,7 @@ def build_report(
             f"The answer on the study's objective metric ({mode} acc@1), with intervals over seeds and queries "
             "that are adjusted for the number of comparisons (they exclude 0 exactly when a difference is "
             "called); details in the comparison below.",
-        ).p(answer),
+        ).paragraphs(answer),
     ]
     anchors = anchors_table({"": table}, arms, (runs.config.get("model") or {}).get("max_length"))
     if anchors is not None:

@@ -82,12 +82,97 @@ def beats_untrained(parts: list[tuple[str, Comparison]], n_queries: int, slice_:
     )
 
 
+def _reading(arm: str, ref: str, c: Comparison, where: str) -> str:
+    if not c.seed_variance_known:
+        return f"with {c.n_seeds} seed(s) per arm no call can be made on {where}"
+    if c.significant:
+        better, worse = (arm, ref) if c.diff > 0 else (ref, arm)
+        return f"{better} beats {worse} by {abs(c.diff):.3f} on {where}"
+    return f"no difference between {arm} and {ref} is detected on {where}"
+
+
+def _plain_sharing(arm: str, ref: str, c: Comparison, mde: float) -> str:
+    """The sharing effect of one arm in words, for the verdict's second sentence."""
+    if not c.seed_variance_known:
+        return f"{arm} against {ref} is not tested ({c.n_seeds} seeds)"
+    if c.significant:
+        better, worse = (arm, ref) if c.diff > 0 else (ref, arm)
+        return f"{better} beats {worse} by {abs(c.diff):.3f}"
+    size = f" (the study would find ±{mde:.3f})" if math.isfinite(mde) else ""
+    return f"{arm} and {ref} are not told apart{size}"
+
+
+def _sharing(comp: pd.DataFrame, arms: list[str], mode: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Per arm: the plain phrase (unseen queries, else all), the readings, the numbers and the size caveats."""
+    ref = arms[0]
+    head = comp[(comp["task"] == "mean") & (comp["mode"] == mode)].set_index(["arm", "slice"])
+    family = int((comp["family"] == "headline").sum() / (len(arms) - 1))
+    plain, readings, numbers, caveats = [], [], [], []
+    for arm in arms[1:]:
+        rows = {sl: as_comparison(head.loc[(arm, sl)]) for sl in ("all", "unseen") if (arm, sl) in head.index}
+        if not rows:
+            continue
+        numbers.append(
+            f"{arm} − {ref}: "
+            + "; ".join(f"{_effect(c)} on {_slice_words(sl, c.n_queries)}" for sl, c in rows.items())
+            + f" ({min(c.n_seeds for c in rows.values())} seeds)."
+        )
+        mdes = {
+            sl: detectable(float(head.loc[(arm, sl)]["se"]), float(head.loc[(arm, sl)]["df"]), family) for sl in rows
+        }
+        key = "unseen" if "unseen" in rows else "all"
+        plain.append(_plain_sharing(arm, ref, rows[key], mdes[key]))
+        for sl, c in rows.items():
+            where = _slice_words(sl, c.n_queries)
+            readings.append(_reading(arm, ref, c, where))
+            if not c.significant and (math.isnan(mdes[sl]) or abs(c.diff) < mdes[sl]):
+                caveats.append(
+                    f"on {where} it would find a difference only from ±{mdes[sl]:.3f} on (80 % power at the Holm "
+                    f"level), and the measured one, {c.diff:+.3f}, is smaller"
+                    if not math.isnan(mdes[sl])
+                    else f"on {where} the seed variance is unknown"
+                )
+    return plain, readings, numbers, caveats
+
+
+def _against_zero(zs: pd.DataFrame, arms: list[str]) -> tuple[str, list[str], list[str]]:
+    """The first sentence (unseen queries), the readings and the numbers against the untrained encoder."""
+    first, readings, numbers = "", [], []
+    zero = zs.set_index(["arm", "slice"]) if not zs.empty else pd.DataFrame()
+    for sl in ("all", "unseen") if not zero.empty else ():
+        parts = [(a, as_comparison(zero.loc[(a, sl)])) for a in arms if (a, sl) in zero.index]
+        if not parts:
+            continue
+        if sl == "unseen":
+            first = beats_untrained(parts, parts[0][1].n_queries)
+        numbers.append(
+            f"Against the untrained encoder on {_slice_words(sl, parts[0][1].n_queries)}: "
+            + "; ".join(f"{a} − zero-shot {_effect(c)}" for a, c in parts)
+            + "."
+        )
+        better = [a for a, c in parts if c.significant and c.diff > 0]
+        worse = [(a, c) for a, c in parts if c.significant and c.diff < 0]
+        where = "unseen queries" if sl == "unseen" else "all queries"
+        if not any(c.seed_variance_known for _, c in parts):
+            readings.append(f"against the untrained encoder on {where} nothing is tested with so few seeds")
+        elif not better:
+            none = "neither arm beats" if len(parts) == 2 else "no arm beats"
+            readings.append(
+                f"{none} the untrained encoder on {where}"
+                + "".join(f"; {a} loses {-c.diff:.3f} to it" for a, c in worse)
+            )
+        else:
+            readings.append("; ".join(f"{a} {_against(c)} on {where}" for a, c in parts))
+    return first, readings, numbers
+
+
 def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) -> str:
-    """The answer as a paragraph that cannot be misread: first whether any trained arm beats the untrained
-    encoder on unseen queries, then the plain reading, then the question with the sharing effect on the
-    objective's metric on all and unseen queries (with the intervals that make the call), each arm against
-    the untrained encoder on the same queries, and a size caveat where the study is too small to detect the
-    effect it measured. The same text is the MLflow experiment's and study run's description."""
+    """The answer in two paragraphs that cannot be misread. The plain reading first, in two sentences:
+    whether any trained arm beats the untrained encoder on unseen queries, and what sharing does there.
+    Then the reading in full, the question with the sharing effect on the objective's metric on all and
+    unseen queries (with the intervals that make the call), each arm against the untrained encoder, and a
+    size caveat where the study is too small to detect the effect it measured. The same text is the MLflow
+    experiment's and study run's description."""
     if comp.empty or len(arms) < 2:
         return "No verdict: fewer than two arms have finished final runs with per-query results."
     ref = arms[0]
@@ -96,65 +181,13 @@ def verdict(comp: pd.DataFrame, zs: pd.DataFrame, arms: list[str], mode: str) ->
         + " and ".join(f"{a} ({SIDES.get(a, a)})" for a in arms[1:])
         + f"? Measured on mean {mode} acc@1 over the 8 test tasks, paired by seed and query."
     )
-    head = comp[(comp["task"] == "mean") & (comp["mode"] == mode)].set_index(["arm", "slice"])
-    zero = zs.set_index(["arm", "slice"]) if not zs.empty else pd.DataFrame()
-    sentences, readings, caveats = [question], [], []
-    for arm in arms[1:]:
-        rows = {sl: as_comparison(head.loc[(arm, sl)]) for sl in ("all", "unseen") if (arm, sl) in head.index}
-        if not rows:
-            continue
-        sentences.append(
-            f"{arm} − {ref}: "
-            + "; ".join(f"{_effect(c)} on {_slice_words(sl, c.n_queries)}" for sl, c in rows.items())
-            + f" ({min(c.n_seeds for c in rows.values())} seeds)."
-        )
-        for sl, c in rows.items():
-            where = _slice_words(sl, c.n_queries)
-            if not c.seed_variance_known:
-                readings.append(f"with {c.n_seeds} seed(s) per arm no call can be made on {where}")
-            elif c.significant:
-                better, worse = (arm, ref) if c.diff > 0 else (ref, arm)
-                readings.append(f"{better} beats {worse} by {abs(c.diff):.3f} on {where}")
-            else:
-                readings.append(f"no difference between {arm} and {ref} is detected on {where}")
-            row = head.loc[(arm, sl)]
-            mde = detectable(
-                float(row["se"]), float(row["df"]), int((comp["family"] == "headline").sum() / (len(arms) - 1))
-            )
-            if not c.significant and (math.isnan(mde) or abs(c.diff) < mde):
-                caveats.append(
-                    f"on {where} it would find a difference only from ±{mde:.3f} on (80 % power at the Holm level), "
-                    f"and the measured one, {c.diff:+.3f}, is smaller"
-                    if not math.isnan(mde)
-                    else f"on {where} the seed variance is unknown"
-                )
-    first = ""
-    if not zero.empty:
-        for sl in ("all", "unseen"):
-            parts = [(a, as_comparison(zero.loc[(a, sl)])) for a in arms if (a, sl) in zero.index]
-            if not parts:
-                continue
-            if sl == "unseen":
-                first = beats_untrained(parts, parts[0][1].n_queries) + " "
-            sentences.append(
-                f"Against the untrained encoder on {_slice_words(sl, parts[0][1].n_queries)}: "
-                + "; ".join(f"{a} − zero-shot {_effect(c)}" for a, c in parts)
-                + "."
-            )
-            better = [a for a, c in parts if c.significant and c.diff > 0]
-            worse = [(a, c) for a, c in parts if c.significant and c.diff < 0]
-            where = "unseen queries" if sl == "unseen" else "all queries"
-            if not any(c.seed_variance_known for _, c in parts):
-                readings.append(f"against the untrained encoder on {where} nothing is tested with so few seeds")
-            elif not better:
-                none = "neither arm beats" if len(parts) == 2 else "no arm beats"
-                readings.append(
-                    f"{none} the untrained encoder on {where}"
-                    + "".join(f"; {a} loses {-c.diff:.3f} to it" for a, c in worse)
-                )
-            else:
-                readings.append("; ".join(f"{a} {_against(c)} on {where}" for a, c in parts))
-    text = first + "Reading: " + "; ".join(readings) + ". " + " ".join(sentences)
+    plain, readings, numbers, caveats = _sharing(comp, arms, mode)
+    first, zero_readings, zero_numbers = _against_zero(zs, arms)
+    unseen = "unseen" in set(comp["slice"])
+    text = (first + " " if first else "") + f"Sharing, on {'unseen' if unseen else 'all'} queries: " + "; ".join(plain)
+    text += (
+        ".\n\nIn full: " + "; ".join(readings + zero_readings) + ". " + " ".join([question, *numbers, *zero_numbers])
+    )
     if caveats:
         text += " Size: this study is too small to settle the question: " + "; ".join(caveats) + "."
     return text

@@ -31,6 +31,12 @@ class Section:
         self.blocks.append(("p", text))
         return self
 
+    def paragraphs(self, text: str) -> Section:
+        """One paragraph per blank-line-separated part of `text` (a verdict: its plain reading first)."""
+        for part in text.split("\n\n"):
+            self.p(part)
+        return self
+
     def table(self, table: Table) -> Section:
         self.blocks.append(("table", table))
         return self

@@ -48,10 +48,75 @@ def _beats_first(rows: pd.DataFrame, sizes: dict[str, int]) -> str:
     return beats_untrained(parts, sizes.get("unseen", 0))
 
 
+def _plain_interaction(rows: pd.DataFrame, arms: list[str], axis: str, tested: bool) -> str:
+    """The verdict's second sentence: whether the arm effect changes with the axis on unseen queries."""
+    slice_ = "unseen" if (rows["slice"] == "unseen").any() else "all"
+    parts = []
+    for arm in arms[1:]:
+        inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+        called = inter[inter["significant"]]
+        if inter.empty:
+            continue
+        if not tested:
+            parts.append(f"whether the effect of {arm} changes is not tested ({int(inter['n_seeds'].min())} seeds)")
+        elif not called.empty:
+            levels = ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
+            parts.append(f"the effect of {arm} against {arms[0]} changes ({levels})")
+        else:
+            parts.append(f"no change of the effect of {arm} is detected")
+    return f"With {axis}, on {slice_} queries: " + ("; ".join(parts) or "no level to compare") + "."
+
+
+def _slice_lines(
+    rows: pd.DataFrame, arms: list[str], axis: str, slice_: str, where: str, tested: bool
+) -> tuple[list[str], list[str]]:
+    """The numbers and readings of one slice: effects and interactions per arm, then against zero-shot."""
+    ref, text, readings = arms[0], [], []
+    for arm in arms[1:]:
+        eff = rows[(rows["kind"] == "effect") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+        if eff.empty:
+            continue
+        text.append(
+            f"{arm} − {ref} on {where}: " + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in eff.iterrows()) + "."
+        )
+        for _, r in eff[eff["significant"]].iterrows():
+            better, worse = (arm, ref) if r["diff"] > 0 else (ref, arm)
+            readings.append(f"{better} beats {worse} at {r['level']} on {slice_} queries by {abs(r['diff']):.3f}")
+        inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
+        if inter.empty:
+            continue
+        text.append(
+            f"Interaction of {arm} − {ref} (effect at a level minus effect at the first) on {slice_} queries: "
+            + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in inter.iterrows())
+            + "."
+        )
+        called = inter[inter["significant"]]
+        if not called.empty:
+            changes = ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
+            readings.append(f"the effect of {arm} changes with {axis} on {slice_} queries ({changes})")
+        elif tested:
+            readings.append(f"no change of the effect of {arm} with {axis} is detected on {slice_} queries")
+    zs = rows[(rows["kind"] == "zero-shot") & (rows["slice"] == slice_)]
+    if not zs.empty:
+        text.append(
+            f"Against the untrained encoder on {slice_} queries: "
+            + "; ".join(f"{r['arm']} at {r['level']} {_fmt(r)}" for _, r in zs.iterrows())
+            + "."
+        )
+        above = zs[zs["significant"] & (zs["diff"] > 0)]
+        if not above.empty:
+            who = " and ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
+            readings.append(f"on {slice_} queries {who} {'beats' if len(above) == 1 else 'beat'} the untrained encoder")
+        elif tested:
+            readings.append(f"no arm at any level beats the untrained encoder on {slice_} queries")
+    return text, readings
+
+
 def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[str, int]) -> str:
-    """The sweep's answer in one paragraph: first whether any trained arm beats the untrained encoder on
-    unseen queries, then the plain reading, then each arm's effect against the first per level with the
-    interval that makes the call, the interaction rows, and each arm against zero-shot per level."""
+    """The sweep's answer in two paragraphs. The plain reading first, in two sentences: whether any
+    trained arm beats the untrained encoder on unseen queries, and whether the arm effect changes with the
+    axis there. Then the reading in full, each arm's effect against the first per level with the interval
+    that makes the call, the interaction rows, and each arm against zero-shot per level."""
     if rows.empty or len(arms) < 2:
         return "No verdict: no level has finished final runs of two arms with per-query results."
     ref = arms[0]
@@ -65,53 +130,9 @@ def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[st
     tested = bool(rows["n_seeds"].min() >= MIN_SEEDS)
     for slice_ in ("all", "unseen"):
         where = f"all {sizes.get('all', 0)} test queries" if slice_ == "all" else f"the {sizes.get('unseen', 0)} unseen"
-        for arm in arms[1:]:
-            eff = rows[(rows["kind"] == "effect") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
-            if eff.empty:
-                continue
-            text.append(
-                f"{arm} − {ref} on {where}: " + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in eff.iterrows()) + "."
-            )
-            for _, r in eff.iterrows():
-                if r["significant"]:
-                    better, worse = (arm, ref) if r["diff"] > 0 else (ref, arm)
-                    readings.append(
-                        f"{better} beats {worse} at {r['level']} on {slice_} queries by {abs(r['diff']):.3f}"
-                    )
-            inter = rows[(rows["kind"] == "interaction") & (rows["slice"] == slice_) & (rows["arm"] == arm)]
-            if inter.empty:
-                continue
-            text.append(
-                f"Interaction of {arm} − {ref} (effect at a level minus effect at the first) on {slice_} queries: "
-                + "; ".join(f"{r['level']} {_fmt(r)}" for _, r in inter.iterrows())
-                + "."
-            )
-            called = inter[inter["significant"]]
-            if not called.empty:
-                readings.append(
-                    f"the effect of {arm} changes with {axis} on {slice_} queries ("
-                    + ", ".join(f"{r['level']}: {r['diff']:+.3f}" for _, r in called.iterrows())
-                    + ")"
-                )
-            elif tested:
-                readings.append(f"no change of the effect of {arm} with {axis} is detected on {slice_} queries")
-        zs = rows[(rows["kind"] == "zero-shot") & (rows["slice"] == slice_)]
-        if not zs.empty:
-            text.append(
-                f"Against the untrained encoder on {slice_} queries: "
-                + "; ".join(f"{r['arm']} at {r['level']} {_fmt(r)}" for _, r in zs.iterrows())
-                + "."
-            )
-            above = zs[zs["significant"] & (zs["diff"] > 0)]
-            if not above.empty:
-                readings.append(
-                    f"on {slice_} queries "
-                    + " and ".join(f"{r['arm']} at {r['level']}" for _, r in above.iterrows())
-                    + (" beats" if len(above) == 1 else " beat")
-                    + " the untrained encoder"
-                )
-            elif tested:
-                readings.append(f"no arm at any level beats the untrained encoder on {slice_} queries")
+        lines, read = _slice_lines(rows, arms, axis, slice_, where, tested)
+        text += lines
+        readings += read
     if not tested:
         readings.append(
             f"nothing is tested: {int(rows['n_seeds'].min())} seed(s) per arm, {MIN_SEEDS} needed to estimate "
@@ -119,7 +140,8 @@ def sweep_verdict(rows: pd.DataFrame, arms: list[str], axis: str, sizes: dict[st
         )
     elif not readings:
         readings.append("no difference is called at any level")
-    return _beats_first(rows, sizes) + " Reading: " + "; ".join(readings) + ". " + " ".join(text)
+    plain = _beats_first(rows, sizes) + " " + _plain_interaction(rows, arms, axis, tested)
+    return plain + "\n\nIn full: " + "; ".join(readings) + ". " + " ".join(text)
 
 
 def _task_table(levels: list[LevelRuns], arms: list[str]) -> Table:
@@ -173,7 +195,7 @@ def build_sweep_report(name: str, uri: str, out_dir: str | None = None, experime
     fig = sweep_figure(rows, means, arms, [lv.label for lv in levels], axis)
     length = (levels[0].runs.config.get("model") or {}).get("max_length") if levels else None
     sections = [
-        Section("Verdict", "The arm effect at each level and whether it changes with the level.").p(answer),
+        Section("Verdict", "The arm effect at each level and whether it changes with the level.").paragraphs(answer),
         *(
             [anchors_section(anchors)]
             if (anchors := anchors_table({lv.label: summary(lv.runs, arms) for lv in levels}, arms, length))

@@ -53,7 +53,10 @@ def test_the_quick_studys_numbers_read_as_what_they_mean() -> None:
     # first what a reader asks first: does training beat the untrained encoder on unseen queries; then the
     # plain reading; then the question and its numbers
     assert text.startswith("No trained arm beats the untrained encoder on the 783 unseen test queries")
-    assert text.index("Reading: ") < text.index("Question: does shared (one encoder shared")
+    assert text.index("In full: ") < text.index("Question: does shared (one encoder shared")
+    # the plain reading is two sentences: against zero-shot, then what sharing does on unseen queries
+    plain = text[: text.index("In full: ")]
+    assert plain.count(". ") == 1 and plain.endswith("Sharing, on unseen queries: shared beats unshared by 0.122.\n\n")
     assert "shared beats unshared by 0.122 on the 783 unseen test queries" in text
     assert "no difference between unshared and shared is detected on all 1,401 test queries" in text
     assert "neither arm beats the untrained encoder on unseen queries; unshared loses 0.118 to it" in text
@@ -109,6 +112,7 @@ def test_the_first_sentence_names_the_arms_that_beat_the_untrained_encoder_on_un
     )
     text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
     assert text.startswith("shared and unshared beat the untrained encoder on the 783 unseen test queries")
+    assert "Sharing, on unseen queries: unshared and shared are not told apart (the study would find ±0.094)." in text
     zs.loc[1, ["p_adjusted", "significant"]] = [0.2, False]
     text = verdict(comp, zs, ["shared", "unshared"], "retrieval")
     assert text.startswith(
@@ -122,3 +126,7 @@ def test_the_first_sentence_names_the_arms_that_beat_the_untrained_encoder_on_un
         "(neither text in training) is not tested (2 seed(s); 3 needed)."
     )
     assert "nothing is tested with so few seeds" in text and "neither arm beats" not in text
+    comp["n_seeds"] = 2
+    assert "Sharing, on unseen queries: unshared against shared is not tested (2 seeds)." in verdict(
+        comp, zs, ["shared", "unshared"], "retrieval"
+    )

@@ -93,7 +93,11 @@ def test_the_sweep_verdict_names_every_level_in_order_and_the_interaction() -> N
     rows = sweep_comparisons(levels, ["shared", "unshared"])
     text = sweep_verdict(rows, ["shared", "unshared"], "model.freeze_layers", {"all": QUERIES, "unseen": 50})
     assert text.startswith("No trained arm beats the untrained encoder on the 50 unseen test queries")
-    assert text.index("Reading: ") < text.index("Question: does the effect of unshared (separate towers) against")
+    assert text.index("In full: ") < text.index("Question: does the effect of unshared (separate towers) against")
+    plain = text[: text.index("In full: ")]  # two sentences: against zero-shot, then the interaction
+    assert (
+        plain.count(". ") == 1 and plain.endswith(".\n\n") and "With model.freeze_layers, on unseen queries: " in plain
+    )
     assert text.index("unshared − shared on all 150 test queries: a ") < text.index("; b ")
     assert (
         "Interaction of unshared − shared (effect at a level minus effect at the first) on all queries: b vs a -0."
@@ -119,3 +123,4 @@ def test_the_sweep_verdict_covers_every_arm_and_says_not_tested_with_too_few_see
     assert text.startswith("Whether a trained arm beats the untrained encoder on the 50 unseen test queries")
     assert "is not tested (2 seed(s); 3 needed)" in text and "nothing is tested: 2 seed(s) per arm" in text
     assert "no change" not in text and "no arm at any level beats" not in text
+    assert "With train.loss, on unseen queries: whether the effect of unshared changes is not tested (2 seeds)" in text
