@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ablation.report.reader import StudyRuns
-from ablation.study.tuning_plots import FINAL, RATE, tuning_figures
+from ablation.report.tuning_figures import FINAL, RATE, tuning_figures
 from ablation.tracking.view import arm_colors
 
 
@@ -147,14 +147,19 @@ def report_figures(
     runs: StudyRuns, arms: list[str], objective: str, maximize: bool, comp: pd.DataFrame | None = None
 ) -> dict[str, Figure]:
     """Every figure of the report, keyed by file name (figures with no data are left out)."""
+    figs = {"forest.png": forest_figure(comp, arms) if comp is not None else None, **_curves(runs, arms)}
+    figs.update(_tuning(runs, arms, objective, maximize))
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+def _curves(runs: StudyRuns, arms: list[str]) -> dict[str, Figure | None]:
+    """The convergence and gradient figures."""
     zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
     key = "metrics.val/retrieval/acc_at_1/mean"
-    zero_val = (
-        ("zero-shot encoder", float(zero[key].dropna().iloc[0])) if key in zero and zero[key].notna().any() else None
-    )
+    got = zero[key].dropna() if key in zero else pd.Series(dtype=float)
+    zero_val = ("zero-shot encoder", float(got.iloc[0])) if len(got) else None
     clip = (runs.config.get("train") or {}).get("grad_clip")
-    figs: dict[str, Figure | None] = {
-        "forest.png": forest_figure(comp, arms) if comp is not None else None,
+    return {
         "loss.png": curve_figure(
             runs,
             arms,
@@ -207,7 +212,11 @@ def report_figures(
             "Drift between query and candidate encoder",
         ),
     }
-    colors = arm_colors(arms)
+
+
+def _tuning(runs: StudyRuns, arms: list[str], objective: str, maximize: bool) -> dict[str, Figure]:
+    """Each arm's tuning figures from its trial runs, keyed `<arm>_<name>`."""
+    figs, colors = {}, arm_colors(arms)
     for arm in arms:
         trials = runs.trials(arm)
         if trials.empty:
@@ -228,4 +237,4 @@ def report_figures(
         )
         for name, fig in tuning_figures(table, objective, arm, colors[arm], maximize).items():
             figs[f"{arm}_{name}"] = fig
-    return {k: v for k, v in figs.items() if v is not None}
+    return figs

@@ -10,6 +10,9 @@ import pandas as pd
 from ablation.report.reader import StudyRuns
 from ablation.report.tables import seed_stats
 
+TUNING_FIGURES = ("optuna_history.png", "objective_vs_random_rate.png")
+"""The tuning figures each arm's MLflow run carries (drawn by `tuning_figures`)."""
+
 
 def arm_aggregates(runs: StudyRuns, arm: str) -> dict[str, float]:
     """Every `test/...` metric of the arm's finished final runs: mean, `_std` and `_n` over seeds."""
@@ -73,8 +76,10 @@ def publish(
     comp: pd.DataFrame,
     verdict: str = "",
     zs: pd.DataFrame | None = None,
+    figures: dict | None = None,
 ) -> None:
-    """Log the aggregates and mean curves on the arm runs and the headline comparisons (against the first
+    """Log the aggregates, mean curves and tuning figures (`figures`: the report's, keyed `<arm>_<name>`)
+    on the arm runs and the headline comparisons (against the first
     arm and against zero-shot) on the study run; the verdict becomes the description of the study run and
     of its experiment (what MLflow shows first); the experiment also gets the view `make ui` opens."""
     from ablation.tracking.store import NOTE_TAG, Tracker
@@ -95,6 +100,9 @@ def publish(
         for key, curve in arm_histories(runs, arm).items() if ids else ():
             if not tracker.metric_history(ids[0], key):  # once: a rebuilt report does not repeat the curve
                 tracker.log_history(ids[0], key, curve.index.tolist(), curve.tolist())
+        for name in TUNING_FIGURES if ids else ():
+            if f"{arm}_{name}" in (figures or {}):
+                tracker.log_figure(ids[0], figures[f"{arm}_{name}"], name)
     comparison = headline_comparison(comp if zs is None or zs.empty else pd.concat([comp, zs], ignore_index=True))
     if comparison:
         tracker.log_metrics(runs.study_run.info.run_id, comparison)

@@ -12,17 +12,17 @@ import pandas as pd
 from ablation.data.tasks import TASKS
 from ablation.errors import redact
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
-from ablation.report.anchors import anchors_section, anchors_table
 from ablation.report.build import ReportPaths, build_report
-from ablation.report.findings import SIDES, as_comparison, beats_untrained
 from ablation.report.levels import find_sweep, level_order
 from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES
 from ablation.report.reader import read_study
 from ablation.report.render import Section, Table, to_html, to_markdown
+from ablation.report.sections.anchors import anchors_section, anchors_table
 from ablation.report.stats import MIN_SEEDS
 from ablation.report.sweep_figure import sweep_figure
 from ablation.report.sweep_stats import LevelRuns, arm_means, sweep_comparisons
 from ablation.report.tables import summary
+from ablation.report.verdict import SIDES, as_comparison, beats_untrained
 from ablation.tracking.store import NOTE_TAG, Tracker
 from ablation.tracking.view import view_state, view_tag
 

@@ -35,7 +35,6 @@ from ablation.study.progress import Progress
 from ablation.study.storage import is_postgres
 from ablation.study.sweep import SWEEP_ROLE
 from ablation.study.tracked_run import describe
-from ablation.study.tuning_plots import trials_table, tuning_figures
 from ablation.study.worker import best_params, work
 from ablation.tracking.store import NOTE_TAG, Tracker, package_versions
 from ablation.tracking.view import COLOR_TAG, arm_colors
@@ -191,14 +190,10 @@ def finish(ctx: StudyContext) -> list[str]:
         if gaps:
             raise StudyIncomplete(f"study {s.name!r} is incomplete: {'; '.join(gaps)}")
         done = tracker.status(ctx.study_run) == "FINISHED"
-        colors = arm_colors(list(s.arms))
         for arm in s.arms:
             queue = ctx.queue("tuning", arm)
             best = best_params(queue)
             if not done:
-                figures = tuning_figures(trials_table(queue), s.objective, arm, colors[arm], s.direction == "maximize")
-                for name, fig in figures.items():
-                    tracker.log_figure(ctx.arm_runs[arm], fig, name)
                 tracker.set_tags(ctx.arm_runs[arm], {f"best.{k}": f"{v:.6g}" for k, v in best.items()})
                 tracker.log_params(
                     ctx.arm_runs[arm], {k: f"{v:.6g}" for k, v in best.items()}

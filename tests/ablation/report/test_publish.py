@@ -48,6 +48,10 @@ def test_arm_and_study_runs_carry_the_report_numbers_and_a_rebuild_recomputes_th
     key = "val/retrieval/acc_at_1/mean"
     for arm, run in arms.items():
         assert "negatives.random_rate" in client.get_run(run.info.run_id).data.params
+        # the report draws the tuning figures (figure code lives in report/) and logs them on the arm run
+        assert {"optuna_history.png", "objective_vs_random_rate.png"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
         curves = [
             {m.step: m.value for m in client.get_metric_history(r.info.run_id, key)}
             for r in _runs(client, "final")

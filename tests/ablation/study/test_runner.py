@@ -48,9 +48,6 @@ def _check_totals(
         assert all(r.data.tags["arm"] == arm for r in trials + finals)
         assert all("negatives.random_rate" in r.data.params for r in trials)
         assert all("test/rerank/acc_at_1/epa" in r.data.metrics for r in finals)
-        assert {"optuna_history.png", "objective_vs_random_rate.png"} <= {
-            a.path for a in MlflowClient(uri).list_artifacts(arm_run.info.run_id)
-        }
     assert len(by_id) == 1 + len(arms) * (1 + n_trials + seeds)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ablation.report.findings import verdict
+from ablation.report.verdict import verdict
 
 
 def _row(arm: str, ref: str, slice_: str, diff: float, se: float, p: float, p_holm: float, **kw: object) -> dict:
@@ -68,9 +68,9 @@ def test_the_quick_studys_numbers_read_as_what_they_mean() -> None:
 def test_pruned_trials_show_at_their_last_value_and_a_noisy_choice_is_named() -> None:
     import optuna
 
-    from ablation.report.findings import tuning_notes
     from ablation.report.reader import StudyRuns
-    from ablation.study.tuning_plots import history_figure, trials_table
+    from ablation.report.sections.training import tuning_notes
+    from ablation.report.tuning_figures import history_figure, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")

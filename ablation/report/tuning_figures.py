@@ -2,7 +2,8 @@
 Figures are built without pyplot, so no backend is chosen at import time and none stays open.
 
 The table has one row per trial with columns `number`, `value`, `state` and one column per tuned
-setting; the study builds it from Optuna, the report from MLflow, and both draw the same figures.
+setting; the report builds it from MLflow (`trials_table` builds it from an Optuna study) and logs the
+figures on each arm's MLflow run too.
 """
 
 from __future__ import annotations
