@@ -181,6 +181,9 @@ class MlflowServer:
             *(("--app-name", "basic-auth") if self.auth else ()),
         ]
         env = {**(self.env or os.environ), **({"MLFLOW_AUTH_CONFIG_PATH": str(self.auth)} if self.auth else {})}
+        # MLflow 3's job runner (three huey consumers, each a full mlflow import) serves GenAI features the
+        # harness never calls; without it the server starts faster and holds about 0.75 GB less
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
