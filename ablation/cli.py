@@ -286,13 +286,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(command, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = _Parser(prog="ablation", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    sub = parser.add_subparsers(dest="command", required=True)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
-
+def _data_commands(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    """Reading the corpus and evaluating encoders: data-stats and evaluate."""
     p = sub.add_parser("data-stats", help="per-task query/candidate/pair statistics of a split")
     _common_corpus(p)
     p.add_argument("--split", default="test")
@@ -312,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     commands["evaluate"] = _cmd_evaluate
 
+
+def _study_commands(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    """Training and studies: train and run."""
     p = sub.add_parser("train", help="train and evaluate one arm under one seed, tracked in MLflow")
     _common_corpus(p)
     _common_tracking(p)
@@ -336,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     commands["run"] = _cmd_run
 
+
+def _tool_commands(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    """What a researcher looks with: report, bench, gpu-check, dashboard, ui and services."""
     p = sub.add_parser("report", help="build the comparison report of a study from MLflow")
     _common_tracking(p)
     p.add_argument("--study", required=True)
@@ -376,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pg-port", type=int, default=55432, help="PostgreSQL port on 127.0.0.1")
     commands["services"] = _cmd_services
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="ablation", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for add in (_data_commands, _study_commands, _tool_commands):
+        add(sub, commands)
     parser.set_defaults(_commands=commands)
     return parser
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from ablation.data.tasks import TASKS
 from ablation.errors import UserError, redact
+from ablation.names import OBJECTIVE, TASKS
 
 __all__ = [
     "PER_MACHINE",
@@ -170,7 +170,7 @@ class StudyConfig(_Section):
     n_trials: Annotated[StrictInt, Field(ge=0, le=10_000)] = 4
     seeds: tuple[Seed, ...] = Field(default=(1, 2, 3), min_length=1, max_length=1000)
     tuning_seed: Seed = 0  # trials train under it, and TPE samples with it
-    objective: Label = "val/retrieval/acc_at_1/mean"  # the bi-encoder itself; the reranker is reported beside it
+    objective: Label = OBJECTIVE  # the bi-encoder itself; the reranker is reported beside it
     direction: Literal["maximize", "minimize"] = "maximize"
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_epochs: Annotated[StrictInt, Field(ge=0)] = 1

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ablation.data.corpus import Split
-from ablation.data.tasks import TASKS, TaskMasks
+from ablation.data.tasks import TaskMasks
 from ablation.evaluation.ranking import evaluate_scores
+from ablation.names import TASKS
 from models.biencoder import BiEncoder, BiEncoderSpec, build_biencoder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from ablation.data.batching import TokenTexts, bucketed_batches
 from ablation.data.corpus import Split
 from ablation.data.prefix_cache import verify
 from ablation.data.run_data import RunData
-from ablation.data.tasks import TASKS
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
 from ablation.io import REPO_ROOT
+from ablation.names import TASKS
 from ablation.runtime import autocast
 from ablation.training.negatives import mine
 from ablation.training.recorder import MemoryRecorder
@@ -83,9 +83,7 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
             trainer.scaler.scale(loss).backward()
             if cfg.train.grad_clip is not None:
                 trainer.scaler.unscale_(bare_opt)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in bare_model.parameters() if p.requires_grad], cfg.train.grad_clip
-                )
+                torch.nn.utils.clip_grad_norm_(bare_opt.param_groups[0]["params"], cfg.train.grad_clip)
             trainer.scaler.step(bare_opt)
             trainer.scaler.update()
             _sync(trainer.device)
@@ -133,14 +131,8 @@ def evaluation_speedup(cfg: ExperimentConfig, data: RunData, split: Split, repea
     model = build_model(replace_path(cfg, "model.sharing", "shared"), data, torch.device("cpu"))
     torch.nn.init.normal_(model.classifier.linear.weight, std=0.1)  # it starts at zero: every pair would tie
     hidden, proj = model.query_head.in_features, model.query_head.out_features
-    q = {
-        "pool": rng.normal(size=(split.n, hidden)).astype(np.float32),
-        "proj": rng.normal(size=(split.n, proj)).astype(np.float32),
-    }
-    c = {
-        "pool": rng.normal(size=(2 * split.n, hidden)).astype(np.float32),
-        "proj": rng.normal(size=(2 * split.n, proj)).astype(np.float32),
-    }
+    q = {key: rng.normal(size=(split.n, dim)).astype(np.float32) for key, dim in (("pool", hidden), ("proj", proj))}
+    c = {key: rng.normal(size=(2 * split.n, dim)).astype(np.float32) for key, dim in (("pool", hidden), ("proj", proj))}
     c["proj"][: split.n] = q["proj"] + rng.normal(scale=2.0, size=q["proj"].shape)  # some signal, so acc@1 is not ~0
     c["proj"][split.n :] = q["proj"]
     c["pool"][split.n :] = q["pool"]

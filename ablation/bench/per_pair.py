@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from ablation.data.corpus import Split
-from ablation.data.tasks import TASKS, TaskMasks
+from ablation.data.tasks import TaskMasks
+from ablation.names import TASKS
 
 
 def per_pair_accuracy(

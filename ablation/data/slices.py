@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ablation.data.corpus import Split, normalize_text, read_split
-from ablation.data.tasks import TASKS, task_pools
+from ablation.data.tasks import task_pools
+from ablation.names import TASKS
 
 SLICES: dict[str, str] = {
     "unseen": "neither text of the pair occurs in the training split",

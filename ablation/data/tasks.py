@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.data.corpus import Split
+from ablation.names import TASKS
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,7 @@ POOLS: dict[str, Pool] = {
     "epc": Pool(None, "scope", None, "entire split, all counters"),
     "epa": Pool(None, "scope", "scope", "entire split, all counters + other points"),
 }
-"""The 8 tasks, defined here once; points of the whole scope exclude the query itself."""
-
-TASKS: tuple[str, ...] = tuple(POOLS)
+"""The pools of the 8 tasks (`names.TASKS`, in that order); points of the whole scope exclude the query itself."""
 
 
 class TaskMasks:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ablation.data.run_data import TokenizedSplit
-from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import EvalResult, PairScorer, evaluate_scores
+from ablation.names import TASKS
 
 
 class Evaluator(ABC):

@@ -19,7 +19,8 @@ import torch
 
 from ablation.data.corpus import Split
 from ablation.data.slices import Slices
-from ablation.data.tasks import POOLS, TASKS, TaskPools, task_pools
+from ablation.data.tasks import POOLS, TaskPools, task_pools
+from ablation.names import TASKS
 
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(query indices [M], candidate indices [M]) → positive-class probability [M], all in one call."""

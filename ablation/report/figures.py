@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from ablation.names import OBJECTIVE, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.tuning_figures import FINAL, RATE, tuning_figures
 from ablation.tracking.view import arm_colors
@@ -155,7 +156,7 @@ def report_figures(
 def _curves(runs: StudyRuns, arms: list[str]) -> dict[str, Figure | None]:
     """The convergence and gradient figures."""
     zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
-    key = "metrics.val/retrieval/acc_at_1/mean"
+    key = f"metrics.{OBJECTIVE}"
     got = zero[key].dropna() if key in zero else pd.Series(dtype=float)
     zero_val = ("zero-shot encoder", float(got.iloc[0])) if len(got) else None
     clip = (runs.config.get("train") or {}).get("grad_clip")
@@ -171,7 +172,7 @@ def _curves(runs: StudyRuns, arms: list[str]) -> dict[str, Figure | None]:
         "val_acc.png": curve_figure(
             runs,
             arms,
-            "val/retrieval/acc_at_1/mean",
+            OBJECTIVE,
             "validation retrieval acc@1 (mean of tasks)",
             "Convergence: validation accuracy",
             xlabel="epochs trained (0 = before any step)",
@@ -180,7 +181,7 @@ def _curves(runs: StudyRuns, arms: list[str]) -> dict[str, Figure | None]:
         "val_rerank_acc.png": curve_figure(
             runs,
             arms,
-            "val/rerank/acc_at_1/mean",
+            metric_key("val", "rerank"),
             "validation reranked acc@1 (mean of tasks)",
             "Convergence: reranked validation accuracy",
             xlabel="epochs trained (0 = before any step)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ablation.names import OBJECTIVE, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.tables import seed_stats
 
@@ -27,8 +28,8 @@ def arm_aggregates(runs: StudyRuns, arm: str) -> dict[str, float]:
 
 
 HISTORIES = (
-    "val/retrieval/acc_at_1/mean",
-    "val/rerank/acc_at_1/mean",
+    metric_key("val", "retrieval"),
+    metric_key("val", "rerank"),
     "epoch/loss/total",
     "epoch/grad_norm/total",
     "loss/total",
@@ -48,10 +49,10 @@ def arm_histories(runs: StudyRuns, arm: str) -> dict[str, pd.Series]:
 
 
 VIEW_COLUMNS = tuple(
-    f"test/{prefix}{mode}/acc_at_1/mean" for prefix in ("", "unseen/") for mode in ("retrieval", "rerank")
+    metric_key("test", mode, slice_=slice_) for slice_ in ("all", "unseen") for mode in ("retrieval", "rerank")
 )
 """The headline metrics (all and unseen queries) as the MLflow view's columns, each with its `_std`."""
-VIEW_CURVES = ("val/retrieval/acc_at_1/mean", "epoch/loss/total", "epoch/grad_norm/total")
+VIEW_CURVES = (OBJECTIVE, "epoch/loss/total", "epoch/grad_norm/total")
 """The MLflow view's line charts: validation acc@1 and the epoch means of the training loss and of the
 pre-clip gradient norm, one point per epoch; each arm run's line is the mean over its seeds."""
 

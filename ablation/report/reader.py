@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from ablation.errors import UserError
+from ablation.names import OBJECTIVE, metric_key
 from ablation.study.state import StudyState, study_state
 from ablation.tracking.store import Tracker
 
@@ -20,7 +21,7 @@ HISTORY_KEYS = (
     "epoch/loss/total",
     "epoch/grad_norm/total",
 )
-VAL_KEYS = ("val/rerank/acc_at_1/mean", "val/retrieval/acc_at_1/mean")
+VAL_KEYS = (metric_key("val", "rerank"), OBJECTIVE)
 
 
 @dataclass

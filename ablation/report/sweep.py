@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.data.tasks import TASKS
 from ablation.errors import redact
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
+from ablation.names import TASKS
 from ablation.report.build import ReportPaths, build_report
 from ablation.report.levels import find_sweep, level_order
 from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import MODES
+from ablation.names import TASKS
 from ablation.report.reader import StudyRuns
 from ablation.report.stats import (
     MIN_SEEDS,

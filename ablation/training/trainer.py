@@ -25,9 +25,9 @@ from ablation.config import ExperimentConfig, dump_yaml, flatten
 from ablation.data.batching import bucketed_batches
 from ablation.data.prefix_cache import PrefixStore, prefix_digest, split_texts
 from ablation.data.run_data import RunData
-from ablation.data.tasks import TASKS
 from ablation.evaluation.trained import SideTexts, TrainedEvaluator, encode_sides, token_texts
 from ablation.io import REPO_ROOT
+from ablation.names import TASKS
 from ablation.runtime import (
     autocast,
     check_precision,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ablation.data.tasks import TASKS
 from ablation.evaluation.ranking import metric_label
+from ablation.names import OBJECTIVE, TASKS, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.render import Section, Table
 from ablation.report.stats import MIN_SEEDS, describe
@@ -78,9 +78,9 @@ def per_seed_table(runs: StudyRuns, arms: list[str], link: Callable[[str], str] 
     """One row per final run: arm, seed, mean test acc@1 (retrieval and rerank; all and unseen queries) and
     its MLflow run id (linked to its page with `link`), so that any number of the report can be traced."""
     keys = [
-        ("retrieval, all", "metrics.test/retrieval/acc_at_1/mean"),
-        ("retrieval, unseen", "metrics.test/unseen/retrieval/acc_at_1/mean"),
-        ("rerank, all", "metrics.test/rerank/acc_at_1/mean"),
+        ("retrieval, all", "metrics." + metric_key("test", "retrieval")),
+        ("retrieval, unseen", "metrics." + metric_key("test", "retrieval", slice_="unseen")),
+        ("rerank, all", "metrics." + metric_key("test", "rerank")),
     ]
     rows = []
     for arm in arms:
@@ -148,7 +148,7 @@ def zero_shot_section(runs: StudyRuns, zs: pd.DataFrame, arms: list[str]) -> Sec
         "Holm-adjusted over these rows.",
     )
     zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
-    key = "val/retrieval/acc_at_1/mean"
+    key = OBJECTIVE
     zval = zero[f"metrics.{key}"].dropna() if f"metrics.{key}" in zero else pd.Series(dtype=float)
     rows = []
     for arm in arms:

@@ -77,7 +77,8 @@ def test_mining_on_the_real_training_split_never_picks_a_copy(real_corpus: Path)
 def test_contiguous_pools_equal_the_masks_on_the_real_split(real_corpus: Path) -> None:
     import numpy as np
 
-    from ablation.data.tasks import TASKS, TaskMasks, TaskPools
+    from ablation.data.tasks import TaskMasks, TaskPools
+    from ablation.names import TASKS
 
     s = read_split(real_corpus, "test")
     masks, pools = TaskMasks(s), TaskPools(s)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ablation.data.corpus import read_split
-from ablation.data.tasks import TASKS, TaskMasks, TaskPools, task_pools, task_stats
+from ablation.data.tasks import POOLS, TaskMasks, TaskPools, task_pools, task_stats
+from ablation.names import TASKS
 
 
 def _expected_pool(split, i: int, task: str) -> set[int]:
@@ -90,3 +91,7 @@ def test_a_split_builds_its_pools_once(corpus: Path) -> None:
     assert task_pools(split) is task_pools(split)  # every epoch's evaluation reuses them
     head = dataclasses.replace(split, queries=split.queries.iloc[:6], counters=split.counters.iloc[:6])
     assert task_pools(head) is not task_pools(split) and task_pools(head).n == 6
+
+
+def test_the_pools_are_the_8_named_tasks_in_their_order() -> None:
+    assert tuple(POOLS) == TASKS and len(TASKS) == 8

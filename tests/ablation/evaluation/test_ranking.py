@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ablation.data.corpus import read_split
-from ablation.data.tasks import TASKS, TaskMasks
+from ablation.data.tasks import TaskMasks
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
+from ablation.names import TASKS
 from tests.conftest import assert_matches_reference
 
 

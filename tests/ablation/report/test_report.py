@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.data.tasks import TASKS
+from ablation.names import TASKS
 from ablation.report.build import build_report
 from ablation.report.stats import holm
 from tests.conftest import SmokeStudy

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablation.data.tasks import TASKS
+from ablation.names import TASKS
 from ablation.report.reader import StudyRuns
 from ablation.report.sweep_stats import LevelRuns, arm_means, sweep_comparisons
 
