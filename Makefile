@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXPERIMENT ?= experiments/quick.yaml
 WORKERS ?= auto
+# test files run in parallel, one pytest worker each: most of a slow test waits on its processes and services
+TEST_WORKERS ?= 2
 ARGS ?=
 DEVICE ?= cuda
 STUDY ?= quick
@@ -39,11 +41,11 @@ format: $(VENV)/.installed ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint ## lint, then every test (slow and real-corpus ones included; a missing corpus or browser fails)
-	ABLATION_REQUIRE_ALL=1 $(PY) -m pytest -q --durations=15
+test: lint ## lint, then every test (slow and real-corpus ones included; a missing corpus or browser fails), TEST_WORKERS files at a time
+	ABLATION_REQUIRE_ALL=1 $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(VENV)/.installed ## run the tests not marked slow
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 ablation: $(VENV)/.installed ## run the study in EXPERIMENT (default quick) with WORKERS workers, then the report
 	$(PY) -m ablation run --config $(EXPERIMENT) --workers $(WORKERS) $(ARGS)

@@ -17,6 +17,13 @@ from ablation.report.stats import holm
 from tests.conftest import SmokeStudy
 
 
+def _copy(smoke_study: SmokeStudy, tmp_path: Path) -> str:
+    """A copy of the session's smoke store: a report publishes into its store, and the other tests expect
+    the study as it finished (no report, no view), whatever order they run in."""
+    shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def _finals(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
@@ -25,7 +32,7 @@ def _finals(uri: str) -> list:
 
 @pytest.mark.slow
 def test_tables_match_the_mlflow_runs(smoke_study: SmokeStudy, tmp_path: Path) -> None:
-    uri = smoke_study.uri
+    uri = _copy(smoke_study, tmp_path)
     paths = build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "report"))
     table = pd.read_csv(paths.summary)
     test = table[table["kind"] == "test"]
@@ -115,14 +122,15 @@ def test_the_report_needs_mlflow_alone(
 ) -> None:
     """With the run folder (its Optuna journal) and the corpus out of reach, and no ARGUANA_DIR, the report
     is the same as one built beside them: it reads the MLflow store and its artifacts alone."""
-    here = build_report("smoke", tracking_uri=smoke_study.uri, out_dir=str(tmp_path / "here"))
+    uri = _copy(smoke_study, tmp_path)
+    here = build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "here"))
     monkeypatch.setenv("ARGUANA_DIR", str(tmp_path / "no-corpus"))
     monkeypatch.chdir(tmp_path)
     hidden = {
         name: shutil.move(str(smoke_study.root / name), str(tmp_path / f"hidden-{name}")) for name in ("run", "corpus")
     }
     try:
-        there = build_report("smoke", tracking_uri=smoke_study.uri, out_dir=str(tmp_path / "there"))
+        there = build_report("smoke", tracking_uri=uri, out_dir=str(tmp_path / "there"))
     finally:
         for name, where in hidden.items():
             shutil.move(where, str(smoke_study.root / name))
