@@ -160,5 +160,17 @@ class Interrupts:
         return 128 + (self.signum or signal.SIGINT)
 
 
+def parent_gone(parent: int) -> bool:
+    """Whether this process's parent `parent` has died or is dying. A killed process's main thread exits
+    first and waits as a zombie while its other threads die; meanwhile its children (told of the death by
+    PR_SET_PDEATHSIG) still see it as their parent, so `getppid()` alone answers too early."""
+    if os.getppid() != parent:
+        return True
+    try:
+        return Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 INTERRUPTS = Interrupts()
 """The process's one handler (installed by the commands that run studies)."""

@@ -28,7 +28,7 @@ from optuna_dashboard import save_note
 from ablation.config import ExperimentConfig, dump_yaml
 from ablation.errors import RedactingStream, UserError
 from ablation.io import git_commit
-from ablation.runtime import INTERRUPTS, resolve_device
+from ablation.runtime import INTERRUPTS, parent_gone, resolve_device
 from ablation.study.context import StudyContext
 from ablation.study.preflight import SETTINGS, check_same, check_study
 from ablation.study.progress import Progress
@@ -158,14 +158,14 @@ def _worker_main(
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS.SIGNALS)
         _die_with_parent()
-        if os.getppid() != parent:  # the parent died before the line above
+        if parent_gone(parent):  # the parent died before the line above
             raise SystemExit(128 + signal.SIGTERM)
         torch.set_num_threads(threads)
         ctx = open_study(cfg, corpus, tracking_uri, run_dir)
         try:
             work(ctx)
         except KeyboardInterrupt:
-            if os.getppid() != parent:  # the parent was killed and cannot end its runs: do it for it
+            if parent_gone(parent):  # the parent was killed and cannot end its runs: do it for it
                 _end_runs(ctx, "KILLED", "interrupted")
             raise
         finally:

@@ -229,7 +229,7 @@ def test_workers_die_with_their_parent(corpus: Path, tmp_path: Path) -> None:
     statuses = _statuses(uri)
     assert statuses["trial"].count("KILLED") == 2, (statuses, err[-3000:])  # each worker ended its run
     # and the parent's runs, which it could not end itself
-    assert statuses["study"] == ["KILLED"] and statuses["arm"] == ["KILLED", "KILLED"], statuses
+    assert statuses["study"] == ["KILLED"] and statuses["arm"] == ["KILLED", "KILLED"], (statuses, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
 
 
