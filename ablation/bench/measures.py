@@ -21,7 +21,7 @@ from ablation.data.run_data import RunData
 from ablation.evaluation.encoding import encode
 from ablation.evaluation.ranking import evaluate_scores, score_matrix
 from ablation.io import REPO_ROOT
-from ablation.names import TASKS
+from ablation.names import TASKS, Role
 from ablation.runtime import autocast
 from ablation.training.negatives import mine
 from ablation.training.recorder import MemoryRecorder
@@ -90,7 +90,7 @@ def step_overhead(cfg: ExperimentConfig, data: RunData, steps: int) -> dict:
 
         harness_t, bare_t = [], []
         # as a study runs it: with MLflow's system metrics sampled beside the steps, when the config has them
-        with tracker.run("bench", "p1", {"role": "bench"}, system_metrics_s=system_metrics_s(cfg)) as rec:
+        with tracker.run("bench", "p1", {"role": Role.BENCH}, system_metrics_s=system_metrics_s(cfg)) as rec:
             trainer.train_step(batches[0], negs, rec)  # warm-up both
             bare(batches[0])
             for idx in batches[1:]:  # interleaved, so drift in machine speed hits both alike
@@ -275,7 +275,7 @@ def study_wall_times(corpus: str | None) -> dict:
         build_report("smoke", tracking_uri=uri, out_dir=str(Path(tmp) / "report"), experiment="smoke")
         smoke = time.perf_counter() - t
     quick = None
-    runs = Tracker(resolve_tracking_uri()).search("quick", {"role": "study"}, status="FINISHED")
+    runs = Tracker(resolve_tracking_uri()).search("quick", {"role": Role.STUDY}, status="FINISHED")
     if runs and runs[0].info.end_time:
         quick = (runs[0].info.end_time - runs[0].info.start_time) / 1000
     return {

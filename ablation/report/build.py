@@ -10,7 +10,7 @@ import pandas as pd
 
 from ablation.errors import redact
 from ablation.io import REPO_ROOT, write_csv_atomic, write_text_atomic
-from ablation.names import OBJECTIVE
+from ablation.names import OBJECTIVE, Role
 from ablation.report.figures import report_figures
 from ablation.report.levels import level_reference
 from ablation.report.publish import publish
@@ -61,7 +61,7 @@ def build_report(
     uri = resolve_tracking_uri(tracking_uri)
     runs = read_study(study, uri, experiment, zero_shot_from or level_reference(study, uri, experiment))
     cfg_study = runs.config.get("study") or {}
-    arms = list(cfg_study.get("arms") or runs.runs[runs.runs["role"] == "arm"]["arm"].dropna().unique())
+    arms = list(cfg_study.get("arms") or runs.runs[runs.runs["role"] == Role.ARM]["arm"].dropna().unique())
     objective = cfg_study.get("objective", OBJECTIVE)
     maximize = cfg_study.get("direction", "maximize") == "maximize"
     rerank_k = int((runs.config.get("eval") or {}).get("rerank_k", 10))

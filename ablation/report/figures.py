@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ablation.names import OBJECTIVE, metric_key
+from ablation.names import OBJECTIVE, Role, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.tuning_figures import FINAL, RATE, tuning_figures
 from ablation.tracking.view import arm_colors
@@ -155,7 +155,7 @@ def report_figures(
 
 def _curves(runs: StudyRuns, arms: list[str]) -> dict[str, Figure | None]:
     """The convergence and gradient figures."""
-    zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
+    zero = runs.runs[(runs.runs["role"] == Role.ZERO_SHOT) & (runs.runs["status"] == "FINISHED")]
     key = f"metrics.{OBJECTIVE}"
     got = zero[key].dropna() if key in zero else pd.Series(dtype=float)
     zero_val = ("zero-shot encoder", float(got.iloc[0])) if len(got) else None

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablation.study.sweep import SWEEP_ROLE
+from ablation.names import Role
 from ablation.tracking.store import Tracker
 
 
 def find_sweep(name: str, uri: str, experiment: str | None = None) -> Any:
     """The MLflow run (an `mlflow.entities.Run`) of sweep `name`, or None when `name` is not a sweep."""
-    found = Tracker(uri).search(experiment, {"study": name, "role": SWEEP_ROLE}, limit=1)
+    found = Tracker(uri).search(experiment, {"study": name, "role": Role.SWEEP}, limit=1)
     return found[0] if found else None
 
 
@@ -19,11 +19,11 @@ def level_order(name: str, uri: str, experiment: str | None) -> list[tuple[str, 
     """(label, sub-study, the sub-study whose zero-shot run is its reference: its own, else the last earlier
     level's) of each level of sweep `name`, in the order the levels ran (their study runs' start)."""
     tracker = Tracker(uri)
-    studies = sorted(tracker.search(experiment, {"sweep": name, "role": "study"}), key=lambda r: r.info.start_time)
+    studies = sorted(tracker.search(experiment, {"sweep": name, "role": Role.STUDY}), key=lambda r: r.info.start_time)
     out, zero_from = [], ""
     for run in studies:
         sub = run.data.tags["study"]
-        if not zero_from or tracker.search(experiment, {"study": sub, "role": "zero-shot"}, limit=1):
+        if not zero_from or tracker.search(experiment, {"study": sub, "role": Role.ZERO_SHOT}, limit=1):
             zero_from = sub
         out.append((run.data.tags.get("level", sub), sub, zero_from))
     return out
@@ -31,7 +31,7 @@ def level_order(name: str, uri: str, experiment: str | None) -> list[tuple[str, 
 
 def level_reference(study: str, uri: str, experiment: str | None = None) -> str | None:
     """For a sweep's level: the sub-study whose zero-shot run is its reference (None: not a level)."""
-    found = Tracker(uri).search(experiment, {"study": study, "role": "study"}, limit=1)
+    found = Tracker(uri).search(experiment, {"study": study, "role": Role.STUDY}, limit=1)
     parent = found[0].data.tags.get("sweep") if found else None
     if not parent:
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ablation.names import OBJECTIVE, metric_key
+from ablation.names import OBJECTIVE, Role, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.tables import seed_stats
 
@@ -92,7 +92,7 @@ def publish(
         tracker.set_tags(runs.study_run.info.run_id, {NOTE_TAG: verdict})
         tracker.set_experiment_tags(experiment, {NOTE_TAG: verdict})
     tracker.set_experiment_tags(experiment, view_tag(runs.name, view_state(runs.name, VIEW_COLUMNS, VIEW_CURVES)))
-    arm_runs = runs.runs[runs.runs["role"] == "arm"]
+    arm_runs = runs.runs[runs.runs["role"] == Role.ARM]
     for arm in arms:
         ids = arm_runs[arm_runs["arm"] == arm]["run_id"].tolist()
         values = arm_aggregates(runs, arm)

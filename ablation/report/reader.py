@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from ablation.errors import UserError
-from ablation.names import OBJECTIVE, metric_key
+from ablation.names import OBJECTIVE, Role, metric_key
 from ablation.study.state import StudyState, study_state
 from ablation.tracking.store import Tracker
 
@@ -38,11 +38,11 @@ class StudyRuns:
     state: StudyState = field(default_factory=StudyState)  # the accounting the runner judged complete with
 
     def finals(self, arm: str | None = None) -> pd.DataFrame:
-        f = self.runs[(self.runs["role"] == "final") & (self.runs["status"] == "FINISHED")]
+        f = self.runs[(self.runs["role"] == Role.FINAL) & (self.runs["status"] == "FINISHED")]
         return f if arm is None else f[f["arm"] == arm]
 
     def trials(self, arm: str) -> pd.DataFrame:
-        return self.runs[(self.runs["role"] == "trial") & (self.runs["arm"] == arm)]
+        return self.runs[(self.runs["role"] == Role.TRIAL) & (self.runs["arm"] == arm)]
 
     def trials_used(self, arm: str) -> int:
         """Trials that used the arm's budget: finished (complete or pruned), or failed on a non-finite loss."""
@@ -95,8 +95,8 @@ def read_study(
     tracker = Tracker(tracking_uri)
     runs = tracker.search(experiment, {"study": name})
     if zero_shot_from and zero_shot_from != name:
-        runs += tracker.search(experiment, {"study": zero_shot_from, "role": "zero-shot"})
-    study = [r for r in runs if r.data.tags.get("role") == "study"]
+        runs += tracker.search(experiment, {"study": zero_shot_from, "role": Role.ZERO_SHOT})
+    study = [r for r in runs if r.data.tags.get("role") == Role.STUDY]
     if not study:
         raise UserError(f"report: no study named {name!r} in {tracking_uri} (run `ablation run` first)")
     study_run = study[0]  # the oldest
@@ -105,13 +105,13 @@ def read_study(
     config = (yaml.safe_load(text) if text else None) or {}
     out = StudyRuns(name, config, study_run, frame, warnings=warnings, state=state)
     for _, row in out.runs[
-        out.runs["role"].isin(["final", "zero-shot"]) & (out.runs["status"] == "FINISHED")
+        out.runs["role"].isin([Role.FINAL, Role.ZERO_SHOT]) & (out.runs["status"] == "FINISHED")
     ].iterrows():
         arm, seed = row["arm"], row["seed"]
         csv = tracker.read_text(row["run_id"], "per_query_test.csv")
         if csv is not None:  # else the report says which per-query results are missing
             out.per_query[(arm, seed)] = pd.read_csv(io.StringIO(csv))
-        if row["role"] == "final":
+        if row["role"] == Role.FINAL:
             present = {k[len("metrics.") :] for k in row.index if k.startswith("metrics.") and pd.notna(row[k])}
             keys = set(HISTORY_KEYS) | {k for k in present if k.startswith("grad_norm/")} | set(VAL_KEYS)
             for key in sorted(keys & present):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.evaluation.ranking import MODES
-from ablation.names import TASKS
+from ablation.names import TASKS, Role
 from ablation.report.reader import StudyRuns
 from ablation.report.stats import (
     MIN_SEEDS,
@@ -60,7 +60,7 @@ def summary(runs: StudyRuns, arms: list[str], rerank_k: int = 10) -> pd.DataFram
     """Long table: arm, slice, mode, metric, task, mean, std, n_seeds — every headline number of the report."""
     rows = []
     sources = [(arm, runs.finals(arm)) for arm in arms]
-    zs = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
+    zs = runs.runs[(runs.runs["role"] == Role.ZERO_SHOT) & (runs.runs["status"] == "FINISHED")]
     if not zs.empty:
         sources.append(("zero-shot", zs))
     for arm, frame in sources:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData
+from ablation.study.liveness import TrialLease, WorkerFile, heartbeats
 from ablation.study.progress import Progress
 from ablation.study.state import StudyState, row_of, study_state
-from ablation.study.storage import StudyLock, WorkerFile, heartbeats, open_storage, retry_stale
-from ablation.tracking.retry import disturbed_at
+from ablation.study.storage import StudyLock, open_storage, retry_stale
 from ablation.tracking.store import Tracker
 
 POLL_S = 2.0  # how often a worker looks again at work that others hold
@@ -58,7 +56,7 @@ class StudyContext:
     study_run: str = ""
     arm_runs: dict[str, str] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
-    lease: Any = None  # the TrialLease of the item this worker runs now (read by its watcher thread)
+    lease: TrialLease | None = None  # the item this worker runs now (read by its watcher thread)
     slot_points: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # kind → slot → fixed point
     _queues: dict[str, optuna.Study] = field(default_factory=dict)
 
@@ -98,11 +96,6 @@ class StudyContext:
         out = [("zero-shot", "", self.queue("zero-shot"))] if s.zero_shot else []
         out += [("tuning", arm, self.queue("tuning", arm)) for arm in s.arms]
         return out + [("final", arm, self.queue("final", arm)) for arm in s.arms]
-
-    def may_judge_stale(self) -> bool:
-        """Whether this worker may fail trials for stale heartbeats now: not within `lease_s` after one of
-        its own store calls failed or hung, since live workers could not beat through that outage either."""
-        return time.monotonic() - disturbed_at() > self.cfg.study.lease_s
 
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial whose worker stopped was failed: queue it again, and end the MLflow runs it left (open ones

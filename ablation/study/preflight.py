@@ -24,10 +24,10 @@ from ablation.encoders import check as check_model
 from ablation.errors import UserError
 from ablation.evaluation.ranking import MODES, metric_names
 from ablation.io import REPO_ROOT
+from ablation.names import WORK_ROLES, Role
 from ablation.runtime import check_precision, resolve_device
 from ablation.study.context import queue_name
 from ablation.study.storage import JOURNAL, check_journal, is_postgres
-from ablation.study.sweep import SWEEP_ROLE
 from ablation.tracking import sqlite_store
 from ablation.tracking.retry import RETRY_ENV
 from ablation.tracking.store import Tracker, resolve_tracking_uri
@@ -217,7 +217,7 @@ def reconcile(storage: optuna.storages.BaseStorage | None, cfg: ExperimentConfig
     done = [
         r
         for r in tracker.search(cfg.tracking.experiment or cfg.study.name, {"study": cfg.study.name}, "FINISHED")
-        if r.data.tags.get("role") in ("trial", "final", "zero-shot") and "optuna_trial" in r.data.tags
+        if r.data.tags.get("role") in WORK_ROLES and "optuna_trial" in r.data.tags
     ]
     numbers: dict[str, set[int]] = {}
     lost = []
@@ -275,7 +275,7 @@ def check_study(cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | N
     experiment = cfg.tracking.experiment or cfg.study.name
     storage = _read_storage(cfg, folder)
     check_same(cfg.study.name, _recorded(storage, cfg), settings, "in its Optuna storage")
-    check_recorded(uri, experiment, {"study": cfg.study.name, "role": "study"}, settings)
+    check_recorded(uri, experiment, {"study": cfg.study.name, "role": Role.STUDY}, settings)
     reconcile(storage, cfg, uri, cfg.study.storage or str(folder / "optuna.journal"))
     check_kind(uri, cfg.study.name, sweep=False)
     return Checked(cfg, uri, folder, data, settings, experiment)
@@ -286,7 +286,7 @@ def check_kind(uri: str, name: str, sweep: bool) -> None:
     write into the other's experiment and run folder. Read only."""
     if sqlite_store.missing(uri):
         return
-    other = "study" if sweep else SWEEP_ROLE
+    other = "study" if sweep else Role.SWEEP
     found = Tracker(uri).search(None, {"study": name, "role": other}, limit=1)
     if found and not (other == "study" and found[0].data.tags.get("level")):
         what = "a plain study" if sweep else "a sweep"

@@ -14,9 +14,7 @@ processes, machines and resumes.
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import optuna
@@ -24,8 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import ExperimentConfig, replace_path
 from ablation.study.context import SLOT, StudyContext, used
-from ablation.study.storage import Held, fail_stale
-from ablation.tracking.store import RunSuperseded
+from ablation.study.liveness import fail_stale, may_judge_stale
+from ablation.study.storage import Held
 
 STARTUP = 10  # TPE's own number of random startup trials: these are the enqueued fixed points
 
@@ -93,7 +91,7 @@ def pop(
     """The next waiting item of `queue`, now held by this worker (None: nothing waits): retried ones first,
     then in slot order; with `only_retried`, retried ones alone."""
     while True:
-        fail_stale(queue, ctx.liveness, ctx.on_stale, ctx.may_judge_stale())
+        fail_stale(queue, ctx.liveness, ctx.on_stale, may_judge_stale(ctx.cfg.study.lease_s))
         waiting = queue.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         waiting = sorted(
             (t for t in waiting if retried(t) or not only_retried), key=lambda t: (not retried(t), t.number)
@@ -133,44 +131,3 @@ def sample(ctx: StudyContext, queue: optuna.Study, trial: optuna.Trial, cfg: Exp
     for key, space in sorted(ctx.cfg.study.search_space.items()):
         cfg = replace_path(cfg, key, trial.suggest_float(key, space.low, space.high, log=space.log))
     return cfg
-
-
-class TrialLease:
-    """This worker's hold on the item it runs: heartbeats on a database (each `beat`, by the watcher thread
-    every lease_s / 4), and whether the trial is still its own. `guard()` runs before every write of the
-    item's run and before its outcome is told: a worker that was stopped so long that the others failed
-    its trial finds out there, writes nothing more and steps aside (RunSuperseded)."""
-
-    def __init__(self, ctx: StudyContext, trial: optuna.Trial) -> None:
-        self.ctx, self.trial_id, self.number = ctx, trial._trial_id, trial.number
-        self.grace = ctx.cfg.study.lease_s
-        self.last_ok = time.monotonic()
-        self.lost = False
-
-    def beat(self) -> None:
-        storage = self.ctx.storage
-        if self.ctx.heartbeats:
-            storage.record_heartbeat(self.trial_id)
-        if storage.get_trial(self.trial_id).state != TrialState.RUNNING:
-            self.lost = True
-        else:
-            self.last_ok = time.monotonic()
-
-    def guard(self) -> None:
-        if not self.lost and time.monotonic() - self.last_ok > self.grace / 2:
-            self.beat()  # no beat for a while: this process may have been stopped
-        if self.lost:
-            raise RunSuperseded(self.why)
-
-    @property
-    def why(self) -> str:
-        return f"trial {self.number} was failed while this worker was stopped or cut off; it is retried"
-
-    def write(self, fn: Callable[[], object]) -> None:
-        """An Optuna write to the item's trial (a report, an attribute): a trial that another worker failed
-        meanwhile (this one waited on a hung or absent database) is no longer this worker's."""
-        try:
-            fn()
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self.lost = True
-            raise RunSuperseded(self.why) from None

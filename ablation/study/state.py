@@ -8,9 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablation.names import WORK_ROLES, Role
 from ablation.training.trainer import NonFiniteLoss
-
-ROLES = ("trial", "final", "zero-shot")  # runs that do work (the study and arm runs only hold results)
 
 
 def row_of(run: Any) -> dict[str, Any]:
@@ -69,12 +68,12 @@ def study_state(rows: Iterable[Mapping[str, Any]]) -> StudyState:
     state = StudyState()
     for row in sorted(rows, key=lambda r: (r["start_time"] or 0, r["run_id"])):
         role, arm, seed = row.get("role"), row.get("arm"), row.get("seed")
-        if role not in ROLES or not ended_on_its_own(row):
+        if role not in WORK_ROLES or not ended_on_its_own(row):
             continue
         state.runs_done += 1
-        if role == "trial":
+        if role == Role.TRIAL:
             state.trials_used[arm] = state.trials_used.get(arm, 0) + 1
-        elif role == "final":
+        elif role == Role.FINAL:
             state.settled.add((arm, seed))
             if row["status"] == "FINISHED":
                 state.finals.setdefault((arm, seed), []).append(row["run_id"])

@@ -7,8 +7,7 @@ and attributes (`RetryHeartbeatStaleTrialCallback`). What the harness adds is sm
 
 - retries of every storage call through a database restart (tenacity, `tracking/retry.py`), and no
   storage call cut short by a signal (on the journal, that would leave its lock file behind);
-- liveness on the journal file (one machine), which has no heartbeats: each worker holds an `flock` on a file
-  of its own for its lifetime, so the operating system ends it with the process (no host or pid guesses);
+- liveness, heartbeats and the retry of stale trials' workers: `study/liveness.py`;
 - the study lock, held for the short steps that must not interleave (setting up, taking the next item): a
   file lock on one machine; with PostgreSQL a transaction-level advisory lock whose session the server
   ends after `lease_s` idle (`idle_in_transaction_session_timeout`) while a keeper thread of a live holder
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import functools
 import hashlib
 import json
@@ -36,13 +34,13 @@ import sqlalchemy as sa
 from filelock import FileLock
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError
+from ablation.study.liveness import StaleCallback
 from ablation.tracking.retry import retry_call
 
 IDENTITY = ("worker", "host", "pid")  # user attributes naming the worker that runs a trial
-StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 class LockLost(RuntimeError):
@@ -147,69 +145,6 @@ def open_storage(url: str | None, run_dir: Path, lease_s: float, on_stale: Stale
         if warning:
             print(warning, file=sys.stderr)
     return guarded_journal_storage()(JournalFileBackend(str(journal)))
-
-
-def heartbeats(storage: BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
-
-
-class WorkerFile:
-    """One machine: this worker is alive while it holds an flock on `workers/<id>.alive` in the run folder;
-    the kernel releases it when the process ends, however it ends."""
-
-    def __init__(self, folder: Path, worker: str) -> None:
-        self.folder = folder / "workers"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.worker = worker
-        self._fd = os.open(self.folder / f"{worker}.alive", os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def alive(self, worker: object) -> bool:
-        if worker == self.worker:
-            return True
-        if not isinstance(worker, str) or not worker.isalnum():
-            return False
-        path = self.folder / f"{worker}.alive"
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # its owner is gone: the file has served
-        return False
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            (self.folder / f"{self.worker}.alive").unlink()
-            os.close(self._fd)
-
-
-def fail_stale(
-    study: optuna.Study, liveness: WorkerFile | None, on_stale: StaleCallback, judge_heartbeats: bool = True
-) -> None:
-    """Fail the running trials whose worker is gone, each once, and hand each to `on_stale` (which queues it
-    again): Optuna's heartbeat check on a database (`liveness` None; skipped unless `judge_heartbeats`:
-    right after an outage live workers have not been able to beat yet), the workers' flocks on the journal."""
-    storage = study._storage
-    if liveness is None:
-        if not judge_heartbeats:
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        return
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if liveness is None or liveness.alive(trial.user_attrs.get("worker")):
-            continue
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                on_stale(study, storage.get_trial(trial._trial_id))
 
 
 class Held:

@@ -25,7 +25,6 @@ _NOT_ZERO_SHOT_MODEL = (
     "prefix_cache",
     "head_init",
 )
-SWEEP_ROLE = "sweep"  # the role tag of the sweep's own MLflow run
 
 
 @dataclass(frozen=True)

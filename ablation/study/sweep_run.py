@@ -15,10 +15,12 @@ from pathlib import Path
 from ablation.config import ExperimentConfig, dump_yaml, shared_settings
 from ablation.errors import UserError
 from ablation.io import REPO_ROOT
+from ablation.names import Role
+from ablation.study.opening import end_runs, record_settings
 from ablation.study.preflight import check_kind, check_recorded, check_study
-from ablation.study.runner import StudyIncomplete, end_runs, record_settings, run_study
+from ablation.study.runner import StudyIncomplete, run_study
 from ablation.study.storage import StudyLock
-from ablation.study.sweep import SWEEP_ROLE, Level, levels
+from ablation.study.sweep import Level, levels
 from ablation.tracking.store import NOTE_TAG, Tracker
 
 
@@ -35,7 +37,7 @@ def sweep_note(cfg: ExperimentConfig, all_levels: list[Level]) -> str:
 def _open_sweep_run(cfg: ExperimentConfig, tracker: Tracker, experiment: str, folder: Path, note: str) -> str:
     """The sweep's run, made once under the sweep's lock (RUNNING again on a resume), with its settings."""
     s = cfg.study
-    tags = {"study": s.name, "role": SWEEP_ROLE}
+    tags = {"study": s.name, "role": Role.SWEEP}
     with StudyLock(s.storage, s.name, folder, s.lease_s)() as held:
         held.check()
         run = tracker.find_or_create_run(experiment, s.name, tags)
@@ -62,7 +64,7 @@ def run_sweep(
     all_levels = levels(cfg, folder)
     checked = [check_study(lv.cfg, corpus, tracking_uri, str(lv.folder)) for lv in all_levels]
     experiment = checked[0].experiment
-    check_recorded(checked[0].uri, experiment, {"study": s.name, "role": SWEEP_ROLE}, shared_settings(cfg))
+    check_recorded(checked[0].uri, experiment, {"study": s.name, "role": Role.SWEEP}, shared_settings(cfg))
     check_kind(checked[0].uri, s.name, sweep=True)
     tracker = Tracker(checked[0].uri)  # every check passed: the first write
     run = _open_sweep_run(cfg, tracker, experiment, folder, sweep_note(cfg, all_levels))

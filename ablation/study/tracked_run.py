@@ -12,6 +12,7 @@ import torch
 from ablation.config import ExperimentConfig
 from ablation.data.run_data import RunData, load_run_data
 from ablation.io import git_commit
+from ablation.names import Role
 from ablation.study.preflight import preflight_run
 from ablation.tracking.store import NOTE_TAG, Tracker, resolve_tracking_uri
 from ablation.training.trainer import EpochCallback, Trainer, TrainResult
@@ -40,11 +41,11 @@ SIDES = {
 def describe(role: str, arm: str, seed: int | None = None, params: dict[str, float] | None = None, **extra: str) -> str:
     """The run's one-line description for the MLflow UI (`mlflow.note.content`)."""
     what = {
-        "study": "Study: every arm tuned, then retrained under each seed",
-        "arm": f"Arm {arm}: {SIDES.get(arm, arm)}; its metrics are means over the final seeds (_std, _n beside)",
-        "trial": f"Tuning trial of {arm}",
-        "final": f"Final run of {arm}",
-        "zero-shot": "Zero-shot reference: the pretrained encoder, untrained, on validation and test",
+        Role.STUDY: "Study: every arm tuned, then retrained under each seed",
+        Role.ARM: f"Arm {arm}: {SIDES.get(arm, arm)}; its metrics are means over the final seeds (_std, _n beside)",
+        Role.TRIAL: f"Tuning trial of {arm}",
+        Role.FINAL: f"Final run of {arm}",
+        Role.ZERO_SHOT: "Zero-shot reference: the pretrained encoder, untrained, on validation and test",
     }.get(role, role)
     parts = [what]
     if seed is not None:

@@ -1,24 +1,33 @@
 """One worker's loop: take the next work item from the study's queues (the zero-shot run, tuning trials per
 arm, final seeds of each arm whose tuning is done), run it, tell Optuna its outcome; wait while other live
 workers hold the last items; return when nothing is open. A background watcher beats this worker's
-heartbeat and fails the trials of stopped workers within `lease_s`, even while everyone is mid-run."""
+heartbeat and fails the trials of stopped workers within `lease_s`, even while everyone is mid-run
+(`liveness.py`). `worker_main` is a worker process's entry point, spawned by `runner.py`."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import sys
-import threading
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 
 from ablation.config import ExperimentConfig, replace_path
+from ablation.errors import RedactingStream
+from ablation.io import git_commit
+from ablation.names import Role
+from ablation.runtime import INTERRUPTS, parent_gone
 from ablation.study.context import COUNTED, POLL_S, SLOT, StudyContext, used
-from ablation.study.queue import TrialLease, fill, pop, sample, slots
-from ablation.study.storage import LockLost, fail_stale, retry_stale
+from ablation.study.liveness import TrialLease, Watcher
+from ablation.study.opening import end_study_runs, open_study
+from ablation.study.queue import fill, pop, sample, slots
+from ablation.study.storage import LockLost, retry_stale
 from ablation.study.tracked_run import describe, run_tags, tracked_fit
 from ablation.tracking.store import NOTE_TAG, RunSuperseded
 from ablation.tracking.view import COLOR_TAG, ZERO_SHOT_COLOR, arm_colors, run_url, trial_url, ui_base
@@ -90,7 +99,7 @@ def open_items(ctx: StudyContext) -> bool:
 
 def work(ctx: StudyContext) -> None:
     """Run items until no queue has work left (see the module's docstring)."""
-    watcher = Watcher(ctx)
+    watcher = Watcher(ctx, [q for _, _, q in ctx.queues()], ctx.cfg.study.lease_s)
     try:
         while True:
             try:
@@ -114,7 +123,7 @@ def _run(
 ) -> None:
     """Run one item and tell Optuna how it ended. An interrupted or crashed item is failed and queued again;
     one taken over while this worker was stopped is left to the taker."""
-    lease = ctx.lease = TrialLease(ctx, trial)
+    lease = ctx.lease = TrialLease(ctx.storage, ctx.heartbeats, ctx.cfg.study.lease_s, trial)
     start = time.monotonic()
     try:
         value, pruned = (
@@ -196,7 +205,7 @@ def _train(
     params = dict(trial.params) if kind == "tuning" else best_params(ctx.queue("tuning", arm))
     tags = {
         **_item_tags(ctx, queue, trial),
-        "role": "final" if kind == "final" else "trial",
+        "role": Role.FINAL if kind == "final" else Role.TRIAL,
         "slot": str(trial.user_attrs[SLOT]),
         COLOR_TAG: arm_colors(list(ctx.cfg.study.arms))[arm],
     }
@@ -254,7 +263,7 @@ def _zero_shot(
     tags = {
         **run_tags(ctx.cfg, ctx.data),
         **_item_tags(ctx, queue, trial),
-        "role": "zero-shot",
+        "role": Role.ZERO_SHOT,
         "arm": "zero-shot",
         "device": describe_device(device),
         COLOR_TAG: ZERO_SHOT_COLOR,
@@ -274,34 +283,34 @@ def _zero_shot(
     return val.metrics.get(ctx.cfg.study.objective.removeprefix("val/")), False
 
 
-class Watcher:
-    """A daemon thread that, every lease_s / 4, beats for the item this worker runs (and notices when it
-    was taken over) and fails the trials of stopped workers, which queues them again."""
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (a `kill -9` of the parent leaves no orphans)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    def __init__(self, ctx: StudyContext) -> None:
-        self.ctx = ctx
-        self.queues = [q for _, _, q in ctx.queues()]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="study-watcher", daemon=True)
-        self._thread.start()
 
-    def _loop(self) -> None:
-        ctx = self.ctx
-        while not self._stop.wait(ctx.cfg.study.lease_s / 4):
-            try:
-                lease = ctx.lease
-                if lease is not None:
-                    lease.beat()
-                if ctx.heartbeats:
-                    for queue in self.queues:
-                        fail_stale(queue, None, ctx.on_stale, ctx.may_judge_stale())
-                else:  # on the journal a trial is named after its worker just after it is taken: under the lock
-                    with ctx.lock():
-                        for queue in self.queues:
-                            fail_stale(queue, ctx.liveness, ctx.on_stale)
-            except Exception as exc:  # the main loop meets the same trouble and reports it; try again later
-                print(f"warning: watcher: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+def worker_main(
+    cfg: ExperimentConfig, corpus: str | None, tracking_uri: str | None, run_dir: str, threads: int, parent: int
+) -> None:
+    """A worker process: it starts with the interrupt signals blocked (the parent blocks them while it
+    spawns), so a Ctrl-C during start-up waits until the handler is in place and ends it quietly."""
+    INTERRUPTS.install()  # SIGTERM (also from the parent's death) ends the open run KILLED, like Ctrl-C
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    git_commit()  # the code this worker imported: its runs carry this commit
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS.SIGNALS)
+        _die_with_parent()
+        if parent_gone(parent):  # the parent died before the line above
+            raise SystemExit(128 + signal.SIGTERM)
+        torch.set_num_threads(threads)
+        ctx = open_study(cfg, corpus, tracking_uri, run_dir)
+        try:
+            work(ctx)
+        except KeyboardInterrupt:
+            if parent_gone(parent):  # the parent was killed and cannot end its runs: do it for it
+                end_study_runs(ctx, "KILLED", "interrupted")
+            raise
+        finally:
+            ctx.close()
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTS.exit_code) from None

@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from ablation.names import Role
 from ablation.tracking import sqlite_store
 from ablation.tracking.store import Tracker, quote
 
@@ -156,7 +157,9 @@ def studies(tracking_uri: str, most: int = 20) -> list[str]:
     if sqlite_store.missing(tracking_uri):
         return []
     tracker = Tracker(tracking_uri)
-    found = [r.data.tags.get("study", "") for role in ("study", "sweep") for r in tracker.search(None, {"role": role})]
+    found = [
+        r.data.tags.get("study", "") for role in (Role.STUDY, Role.SWEEP) for r in tracker.search(None, {"role": role})
+    ]
     return sorted({name for name in found if name})[:most]
 
 
@@ -167,8 +170,8 @@ def study_link(tracking_uri: str, study: str, base_url: str) -> str | None:
     if sqlite_store.missing(tracking_uri):
         return None
     tracker = Tracker(tracking_uri)
-    found = tracker.search(None, {"study": study, "role": "study"}, limit=1)
-    found = found or tracker.search(None, {"study": study, "role": "sweep"}, limit=1)
+    found = tracker.search(None, {"study": study, "role": Role.STUDY}, limit=1)
+    found = found or tracker.search(None, {"study": study, "role": Role.SWEEP}, limit=1)
     if not found:
         return None
     experiment = tracker.client.get_experiment(found[0].info.experiment_id)

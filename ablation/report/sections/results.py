@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.evaluation.ranking import metric_label
-from ablation.names import OBJECTIVE, TASKS, metric_key
+from ablation.names import OBJECTIVE, TASKS, Role, metric_key
 from ablation.report.reader import StudyRuns
 from ablation.report.render import Section, Table
 from ablation.report.stats import MIN_SEEDS, describe
@@ -147,7 +147,7 @@ def zero_shot_section(runs: StudyRuns, zs: pd.DataFrame, arms: list[str]) -> Sec
         "difference from zero-shot (a fixed reference: its only variance is the arm's seeds and the queries), "
         "Holm-adjusted over these rows.",
     )
-    zero = runs.runs[(runs.runs["role"] == "zero-shot") & (runs.runs["status"] == "FINISHED")]
+    zero = runs.runs[(runs.runs["role"] == Role.ZERO_SHOT) & (runs.runs["status"] == "FINISHED")]
     key = OBJECTIVE
     zval = zero[f"metrics.{key}"].dropna() if f"metrics.{key}" in zero else pd.Series(dtype=float)
     rows = []

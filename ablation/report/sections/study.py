@@ -6,6 +6,7 @@ import datetime as dt
 
 import yaml
 
+from ablation.names import Role
 from ablation.report.reader import StudyRuns
 from ablation.report.render import Section
 
@@ -66,7 +67,7 @@ def missing_notes(runs: StudyRuns, arms: list[str], seeds: list) -> list[str]:
         done = runs.finals(arm)
         if len(done) < len(seeds):
             failed = runs.runs[
-                (runs.runs["role"] == "final") & (runs.runs["arm"] == arm) & (runs.runs["status"] == "FAILED")
+                (runs.runs["role"] == Role.FINAL) & (runs.runs["arm"] == arm) & (runs.runs["status"] == "FAILED")
             ]
             reasons = "; ".join(str(x) for x in failed["failure"].dropna().unique()[:2])
             notes.append(

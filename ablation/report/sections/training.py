@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ablation.names import Role
 from ablation.report.reader import StudyRuns
 from ablation.report.render import Section, Table
 
@@ -80,7 +81,7 @@ def tuning_section(
     )
     rows = []
     for arm in arms:
-        arm_run = runs.runs[(runs.runs["role"] == "arm") & (runs.runs["arm"] == arm)]
+        arm_run = runs.runs[(runs.runs["role"] == Role.ARM) & (runs.runs["arm"] == arm)]
         tags = arm_run.iloc[0] if not arm_run.empty else pd.Series(dtype=object)
         trials = runs.trials(arm)
         states = trials["state"].fillna("failed").tolist() if not trials.empty else []

@@ -245,12 +245,12 @@ def test_auto_workers_fill_the_cores_with_the_studys_threads(threads: int, cores
 def test_an_error_while_setting_up_the_runs_ends_those_that_exist(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ablation.study import runner
+    from ablation.study import opening
 
     def broken() -> dict[str, str]:
         raise RuntimeError("no versions today")
 
-    monkeypatch.setattr(runner, "package_versions", broken)  # after the study and arm runs were made
+    monkeypatch.setattr(opening, "package_versions", broken)  # after the study and arm runs were made
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RuntimeError, match="no versions today"):
         run_study(load_config(SMOKE, FIXTURE), corpus=str(corpus), tracking_uri=uri, run_dir=str(tmp_path / "run"))

@@ -17,12 +17,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ablation.config import load_config
+from ablation.study.liveness import WorkerFile, fail_stale
 from ablation.study.runner import run_study
-from ablation.study.storage import JOURNAL, WorkerFile, fail_stale, retry_stale
+from ablation.study.storage import JOURNAL, retry_stale
 from ablation.tracking.store import Tracker
 from tests.conftest import FIXTURE, REPO, SMOKE, SmokeStudy
 
-HOLD = "import sys, time; from pathlib import Path; from ablation.study.storage import WorkerFile; "
+HOLD = "import sys, time; from pathlib import Path; from ablation.study.liveness import WorkerFile; "
 HOLD += "WorkerFile(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(600)"
 
 
