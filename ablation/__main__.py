@@ -1,6 +1,6 @@
 """`python -m ablation` runs the CLI."""
 
-from ablation.cli import main
+from ablation.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

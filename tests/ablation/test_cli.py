@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.tracking.store import Tracker
 from tests.conftest import SMOKE, SmokeStudy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.config import ModelConfig, load_config
 from ablation.data.batching import tokenize
 from ablation.data.corpus import read_split

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.report.build import build_report
 from ablation.report.publish import VIEW_COLUMNS, VIEW_CURVES
 from ablation.tracking.services import free_port

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.errors import UserError
 from ablation.study import preflight
 from ablation.tracking.services import free_port

@@ -203,7 +203,7 @@ def test_a_study_name_with_dots_dashes_and_underscores_runs_resumes_and_reports(
 def test_an_unexpected_error_ends_every_open_run_failed_and_prints_one_line(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ablation.cli import main
+    from ablation.cli.main import main
     from ablation.study import worker
 
     real, calls = worker._next, []

@@ -115,7 +115,7 @@ def test_a_torn_journal_line_is_dropped_with_one_warning_and_the_study_goes_on(
 def test_a_journal_that_lost_entries_is_refused_and_nothing_runs_again(
     smoke_study: SmokeStudy, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ablation.cli import main
+    from ablation.cli.main import main
 
     shutil.copy(smoke_study.root / "mlflow.db", tmp_path / "mlflow.db")
     shutil.copytree(smoke_study.root / "run", tmp_path / "run")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.config import load_config
 from ablation.errors import UserError
 from ablation.study.sweep import changes_zero_shot, levels

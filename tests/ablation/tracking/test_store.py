@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.cli import main
+from ablation.cli.main import main
 from ablation.study.tracked_run import train_and_track
 from ablation.tracking.store import Tracker, artifact_location, resolve_tracking_uri
 from tests.conftest import SMOKE, smoke_config
