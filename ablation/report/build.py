@@ -79,7 +79,7 @@ def build_report(
         study_section(runs, arms),
         missing_section(runs, arms, list(cfg_study.get("seeds") or [])),
         parameters_section(counts),
-        results_section(runs, arms, table, zs, rerank_k, uri, "forest.png" in images),
+        results_section(runs, arms, table, zs, comp, rerank_k, uri, "forest.png" in images),
         comparison_section(comp, arms),
         zero_shot_section(runs, zs, arms),
         discussion_section(table, counts, arms),

@@ -19,17 +19,22 @@ from ablation.tracking.view import run_url, ui_base
 
 
 def headline_table(
-    summary_table: pd.DataFrame, mode: str, metric: str, slice_: str = "all", zs: pd.DataFrame | None = None
+    summary_table: pd.DataFrame,
+    mode: str,
+    metric: str,
+    slice_: str = "all",
+    zs: pd.DataFrame | None = None,
+    comp: pd.DataFrame | None = None,
 ) -> Table | None:
-    """One headline table; bold marks a column's best row where it leads the runner-up by more than the
-    larger seed sd of the two; against the zero-shot row (one fixed run, no seed sd) only where the report's
-    own test against zero-shot calls it (its mean retrieval acc@1), so bold never says what the verdict
-    does not."""
+    """One headline table. Bold marks a column's best row only where one of the report's own tests calls
+    it ahead of the runner-up: the paired comparison with the reference arm (`comp`, Holm-adjusted, acc@1
+    per task and on the mean), or the test against zero-shot (`zs`, mean retrieval acc@1). Where no test
+    compares the two rows, nothing is bold, so bold never says what the verdict does not."""
     t = headline(summary_table, mode, metric, slice_)
     if t.empty:
         return None
     cols = [*TASKS, "mean"]
-    rows, bold = [], set()
+    rows = []
     for arm in t.index:
         cells = [arm]
         for task in cols:
@@ -37,23 +42,32 @@ def headline_table(
             fixed = arm == "zero-shot"  # one deterministic run: no seed spread to show
             cells.append("—" if pd.isna(m) else f"{m:.3f} ± —" if fixed else f"{m:.3f} ± {s:.3f}")
         rows.append(cells)
-    called = set()
-    if zs is not None and not zs.empty and mode == "retrieval" and metric == "acc_at_1":
-        hit = zs[(zs["slice"] == slice_) & zs["significant"]]
-        called = {(r.arm, r.diff > 0) for r in hit.itertuples()}
+    called = _called(mode, metric, slice_, zs, comp)
+    bold = set()
     for c, task in enumerate(cols, start=1):
         ranked = t["mean"][task].dropna().sort_values(ascending=False)
-        if len(ranked) < 2:
-            continue
-        first, second = ranked.index[0], ranked.index[1]
-        if "zero-shot" in (first, second):
-            trained = second if first == "zero-shot" else first
-            leads = task == "mean" and (trained, first != "zero-shot") in called
-        else:
-            leads = ranked.iloc[0] - ranked.iloc[1] > max(t["std"].loc[first, task], t["std"].loc[second, task])
-        if leads:
-            bold.add((list(t.index).index(first), c))
+        if len(ranked) >= 2 and (ranked.index[0], ranked.index[1], task) in called:
+            bold.add((list(t.index).index(ranked.index[0]), c))
     return Table(["arm", *cols], rows, bold)
+
+
+def _called(
+    mode: str, metric: str, slice_: str, zs: pd.DataFrame | None, comp: pd.DataFrame | None
+) -> set[tuple[str, str, str]]:
+    """(winner, loser, task) of every difference a test of the report calls on this table's quantity."""
+    if metric != "acc_at_1":
+        return set()
+    found = []
+    if comp is not None and not comp.empty:
+        found.append(comp[(comp["mode"] == mode) & (comp["slice"] == slice_) & comp["significant"]])
+    if zs is not None and not zs.empty and mode == "retrieval":
+        found.append(zs[(zs["slice"] == slice_) & zs["significant"]])
+    out = set()
+    for frame in found:
+        for r in frame.itertuples():
+            winner, loser = (r.arm, r.reference) if r.diff > 0 else (r.reference, r.arm)
+            out.add((winner, loser, r.task))
+    return out
 
 
 def slice_sizes(runs: StudyRuns) -> dict[str, str]:
@@ -228,6 +242,7 @@ def results_section(
     arms: list[str],
     table: pd.DataFrame,
     zs: pd.DataFrame,
+    comp: pd.DataFrame,
     rerank_k: int,
     uri: str,
     forest: bool,
@@ -238,8 +253,9 @@ def results_section(
         "Test results",
         "Mean ± standard deviation over seeds on the test split, on all queries, on the "
         "unseen slice and (acc@1) on the self-copy slice, whose tasks hold few queries. Bold: a "
-        "column's best row where it leads the runner-up by more than the larger seed sd of the two (against "
-        "the zero-shot row, only where the test against zero-shot calls it). Pools grow from sdoc (a few "
+        "column's best row where one of this report's tests calls it ahead of the runner-up (acc@1 only: the "
+        "paired, Holm-adjusted comparison with the reference arm, and the test against zero-shot on the mean); "
+        "where no test compares the two rows, nothing is bold. Pools grow from sdoc (a few "
         "same-debate counters) to "
         "epa (the whole split). Rerank recall@K is left out for K ≤ "
         f"rerank_k = {rerank_k}, where it equals retrieval recall@K.",
@@ -247,7 +263,7 @@ def results_section(
     sizes = slice_sizes(runs)
     for slice_ in ("all", "unseen", "self_copy"):
         tables = [
-            (mode_, metric, headline_table(table, mode_, metric, slice_, zs))
+            (mode_, metric, headline_table(table, mode_, metric, slice_, zs, comp))
             for mode_, metric in headline_metrics(rerank_k)
             if slice_ != "self_copy" or metric == "acc_at_1"
         ]
