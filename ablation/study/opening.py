@@ -110,7 +110,7 @@ def _set_up_runs(ctx: StudyContext, settings: dict) -> None:
     tags = {"git_commit": git_commit(), "corpus_digest": ctx.data.digest, NOTE_TAG: note, **package_versions()}
     tracker.set_tags(ctx.study_run, tags)  # as of this (re)start
     for arm, run in ctx.arm_runs.items():
-        tracker.set_tags(run, {NOTE_TAG: describe("arm", arm)})
+        tracker.set_tags(run, {NOTE_TAG: describe(Role.ARM, arm)})
     if ctx.level_tags:
         for run in (ctx.study_run, *ctx.arm_runs.values()):
             tracker.set_tags(run, ctx.level_tags)

@@ -38,7 +38,9 @@ SIDES = {
 }
 
 
-def describe(role: str, arm: str, seed: int | None = None, params: dict[str, float] | None = None, **extra: str) -> str:
+def describe(
+    role: Role, arm: str, seed: int | None = None, params: dict[str, float] | None = None, **extra: str
+) -> str:
     """The run's one-line description for the MLflow UI (`mlflow.note.content`)."""
     what = {
         Role.STUDY: "Study: every arm tuned, then retrained under each seed",
@@ -96,7 +98,7 @@ def train_and_track(cfg: ExperimentConfig, corpus: str | None = None, tracking_u
     preflight_run(cfg, uri)
     torch.set_num_threads(cfg.train.threads)  # as a study's runs do: the numbers depend on it
     data = load_run_data(cfg, corpus)
-    tags = {NOTE_TAG: describe("final", cfg.model.sharing, cfg.seed)}
+    tags = {NOTE_TAG: describe(Role.FINAL, cfg.model.sharing, cfg.seed)}
     experiment = cfg.tracking.experiment or cfg.study.name
     name = f"{cfg.model.sharing}-seed{cfg.seed}"
     return tracked_fit(Tracker(uri), cfg, data, experiment, name, tags)[0]

@@ -131,7 +131,7 @@ def _run(
         )
         lease.guard()
         label = "" if kind == "zero-shot" else str(trial.number) if kind == "tuning" else f"seed {cfg.seed}"
-        role = {"tuning": "trial"}.get(kind, kind)
+        role = Role.TRIAL if kind == "tuning" else Role(kind)
         if pruned:
             _tell(queue, trial, state=TrialState.PRUNED)
         elif value is None:
@@ -211,11 +211,11 @@ def _train(
     }
     if kind == "tuning":
         tags["trial"] = str(trial.number)
-        tags[NOTE_TAG] = describe("trial", arm, cfg.seed, params, trial=f"trial {trial.number}")
+        tags[NOTE_TAG] = describe(Role.TRIAL, arm, cfg.seed, params, trial=f"trial {trial.number}")
         name = f"{arm}-trial{trial.number}"
     else:
         tags.update({f"best.{k}": f"{v:.6g}" for k, v in params.items()})
-        tags[NOTE_TAG] = describe("final", arm, cfg.seed, params)
+        tags[NOTE_TAG] = describe(Role.FINAL, arm, cfg.seed, params)
         name = f"{arm}-seed{cfg.seed}"
     result, state = tracked_fit(
         ctx.tracker,
@@ -267,7 +267,7 @@ def _zero_shot(
         "arm": "zero-shot",
         "device": describe_device(device),
         COLOR_TAG: ZERO_SHOT_COLOR,
-        NOTE_TAG: describe("zero-shot", "zero-shot", model=ctx.cfg.model.name),
+        NOTE_TAG: describe(Role.ZERO_SHOT, "zero-shot", model=ctx.cfg.model.name),
     }
     model = ZeroShot(ctx.cfg.model, ctx.cfg.eval.batch_size, device)  # loaded before the run is created
     on_create = lambda run_id: _link(ctx, queue, trial, lease, run_id)  # noqa: E731
