@@ -154,11 +154,13 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
 
 
 REQUIRE_ALL = "ABLATION_REQUIRE_ALL"
-"""Set (by `make test` and CI): a test whose corpus or browser is missing fails instead of skipping."""
+"""Set (by `make test` and CI): a test whose corpus, browser or file-system feature is missing fails instead
+of skipping."""
 
 
 def missing(why: str) -> None:
-    """Skip for a missing corpus or browser on a developer's machine; fail where every test must run."""
+    """Skip for a missing corpus, browser or file-system feature on a developer's machine; fail where every
+    test must run."""
     if os.environ.get(REQUIRE_ALL):
         pytest.fail(f"{why}, and {REQUIRE_ALL} is set: every test must run here")
     pytest.skip(why)
